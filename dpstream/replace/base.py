@@ -1,0 +1,21 @@
+"""What every replacement method provides to the pipeline."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dpstream.types import Faces, ReplacedFrame, VideoFrame
+
+
+class Replacer(Protocol):
+    """Anonymizes the faces of one frame. ``faces.track_ids`` are set by the tracker."""
+
+    name: str
+
+    def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
+        """Return the frame with every face in ``faces`` anonymized (fail-closed on errors)."""
+        ...
+
+    def summary(self) -> dict:
+        """Figures for the run summary/ledger (draws, fallbacks, ...); no biometric values."""
+        ...
