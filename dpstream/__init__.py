@@ -1,0 +1,35 @@
+"""dpstream: face anonymization for video with a differential-privacy guarantee.
+
+``anonymize`` and ``anonymize_frames`` load MediaPipe and the face model on first use, so
+importing the package (or its config) stays fast.
+"""
+
+from importlib import import_module
+
+from dpstream.config import Config, load_config
+from dpstream.errors import ConfigError, DpstreamError, InputError, OutputError
+from dpstream.types import Faces, ReplacedFrame, VideoFrame
+
+__version__ = "0.1.0"
+
+_PIPELINE_NAMES = ("Anonymizer", "RunSummary", "anonymize", "anonymize_frames")
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE_NAMES:
+        return getattr(import_module("dpstream.pipeline"), name)
+    raise AttributeError(f"module 'dpstream' has no attribute {name!r}")
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DpstreamError",
+    "Faces",
+    "InputError",
+    "OutputError",
+    "ReplacedFrame",
+    "VideoFrame",
+    "load_config",
+    *_PIPELINE_NAMES,
+]

@@ -1,0 +1,5 @@
+import sys
+
+from dpstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,168 @@
+"""Face finding: MediaPipe full-range detection, then a face-mesh fit on each face's crop."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import cv2
+import mediapipe as mp
+import numpy as np
+
+from dpstream.types import NUM_LANDMARKS, Faces, VideoFrame
+
+MESH_CROP_SCALE = 1.5
+"""The mesh runs on a square crop this many times the detection box, so its own
+short-range detector sees a large face whatever the face's size in the frame."""
+
+MESH_CROP_MIN_SIDE = 192
+
+
+DUPLICATE_OVERLAP = 0.5
+"""Two detections are the same face when the intersection covers this much of the smaller box."""
+
+
+class FaceFinder:
+    """Finds every face of a frame: boxes and scores, and 478 landmarks where the mesh fits.
+
+    The full-range detector runs on the whole frame; the short-range detector then runs on
+    overlapping square tiles (``tile_levels``: n tiles across the frame's short side, per level)
+    where small and dim faces that the full-range model misses appear large. The mesh runs
+    on an enlarged crop of each detection.
+    """
+
+    def __init__(self, min_score: float = 0.5, tile_levels: tuple[int, ...] = (1, 2)):
+        self.min_score = min_score
+        self.tile_levels = tile_levels
+        with native_stderr_silenced():
+            self._full_range = mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=min_score
+            )
+            self._short_range = mp.solutions.face_detection.FaceDetection(
+                model_selection=0, min_detection_confidence=min_score
+            )
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
+            )
+            # MediaPipe's native code logs its set-up on the first inference: run one now.
+            self._mesh.process(np.zeros((MESH_CROP_MIN_SIDE, MESH_CROP_MIN_SIDE, 3), np.uint8))
+            self._full_range.process(np.zeros((64, 64, 3), np.uint8))
+            self._short_range.process(np.zeros((64, 64, 3), np.uint8))
+        self._mesh_logged_setup = False  # the mesh logs once more on its first real face
+
+    def find(self, frame: VideoFrame) -> Faces:
+        image = frame.image
+        height, width = image.shape[:2]
+        boxes, scores = _detect(self._full_range, image, 0, 0)
+        for x0, y0, x1, y1 in tiles(height, width, self.tile_levels):
+            tile_boxes, tile_scores = _detect(self._short_range, image[y0:y1, x0:x1], x0, y0)
+            boxes += tile_boxes
+            scores += tile_scores
+        if not boxes:
+            return Faces.empty()
+        box_array, score_array = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
+        box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
+        box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
+        landmarks = np.stack([self.fit_mesh(image, box) for box in box_array])
+        return Faces(box_array, score_array, landmarks)
+
+    def fit_mesh(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """(478, 2) landmarks in frame pixels for the face in ``box``; NaN if the mesh fails."""
+        x0, y0, x1, y1 = box
+        side = max(x1 - x0, y1 - y0) * MESH_CROP_SCALE
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+        size = max(int(round(side)), 8)
+        crop = _crop_with_padding(image, left, top, size)
+        scale = 1.0
+        if size < MESH_CROP_MIN_SIDE:
+            scale = MESH_CROP_MIN_SIDE / size
+            crop = cv2.resize(crop, (MESH_CROP_MIN_SIDE, MESH_CROP_MIN_SIDE), interpolation=cv2.INTER_LINEAR)
+        if self._mesh_logged_setup:
+            result = self._mesh.process(crop)
+        else:
+            with native_stderr_silenced():
+                result = self._mesh.process(crop)
+            self._mesh_logged_setup = bool(result.multi_face_landmarks)
+        if not result.multi_face_landmarks:
+            return np.full((NUM_LANDMARKS, 2), np.nan, np.float32)
+        points = result.multi_face_landmarks[0].landmark
+        crop_side = crop.shape[0]
+        xy = np.array([(p.x, p.y) for p in points], np.float32) * crop_side / scale
+        xy += np.array([left, top], np.float32)
+        return xy
+
+    def close(self) -> None:
+        self._full_range.close()
+        self._short_range.close()
+        self._mesh.close()
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: MediaPipe's C++ start-up logging bypasses Python."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def _detect(detector, image: np.ndarray, left: int, top: int) -> tuple[list, list]:
+    """Boxes (frame pixels) and scores of one MediaPipe detector run on ``image``."""
+    height, width = image.shape[:2]
+    result = detector.process(np.ascontiguousarray(image))
+    boxes, scores = [], []
+    for detection in result.detections or []:
+        rel = detection.location_data.relative_bounding_box
+        x0, y0 = left + rel.xmin * width, top + rel.ymin * height
+        boxes.append((x0, y0, x0 + rel.width * width, y0 + rel.height * height))
+        scores.append(detection.score[0])
+    return boxes, scores
+
+
+def tiles(height: int, width: int, levels: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Overlapping square tiles (x0, y0, x1, y1): at level n, tiles 1.25/n of the short side."""
+    result = []
+    for level in levels:
+        side = min(int(min(height, width) / level * 1.25), height, width)
+        rows = np.linspace(0, height - side, max(1, int(np.ceil(height / (side * 0.8))))).astype(int)
+        cols = np.linspace(0, width - side, max(1, int(np.ceil(width / (side * 0.8))))).astype(int)
+        result += [(x, y, x + side, y + side) for y in rows for x in cols]
+    return result
+
+
+def merge_duplicates(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep one box per face: the best-scoring of boxes that largely overlap each other."""
+    order = np.argsort(-scores)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for index in order:
+        box = boxes[index]
+        duplicate = False
+        for other in kept:
+            ix = min(box[2], boxes[other, 2]) - max(box[0], boxes[other, 0])
+            iy = min(box[3], boxes[other, 3]) - max(box[1], boxes[other, 1])
+            smaller = min(areas[index], areas[other])
+            if ix > 0 and iy > 0 and ix * iy >= DUPLICATE_OVERLAP * smaller:
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(int(index))
+    return boxes[kept], scores[kept]
+
+
+def _crop_with_padding(image: np.ndarray, left: int, top: int, size: int) -> np.ndarray:
+    """A size×size crop at (left, top); parts outside the image are black."""
+    height, width = image.shape[:2]
+    crop = np.zeros((size, size, 3), np.uint8)
+    sx0, sy0 = max(left, 0), max(top, 0)
+    sx1, sy1 = min(left + size, width), min(top + size, height)
+    if sx1 > sx0 and sy1 > sy0:
+        crop[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
+    return crop

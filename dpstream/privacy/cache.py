@@ -1,0 +1,155 @@
+"""Per-person noise cache: one noisy identity per person, reused for every frame and track.
+
+Raw embeddings live in memory only, as long as a person can still be re-associated (while
+one of its tracks is active, then ``reassociation_ttl`` seconds), for at most ``max_people``
+people; then they are overwritten with zeros and dropped. Nothing raw is logged or stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from dpstream.privacy.config import PrivacyConfig
+from dpstream.privacy.ledger import Ledger, PersonRecord
+from dpstream.privacy.mechanisms import Mechanism, check_embedding
+
+_REFS_PER_PERSON = 8  # raw embeddings kept per person for matching (its latest tracks)
+
+
+@dataclass(frozen=True, eq=False)
+class Identity:
+    """What the decoder gets for a face: its person id and that person's noisy embedding."""
+
+    person_id: int
+    noisy_embedding: np.ndarray  # read-only, post-processed
+
+
+@dataclass
+class _Person:
+    record: PersonRecord
+    identity: Identity
+    refs: list[np.ndarray] = field(default_factory=list)  # unit raw embeddings (memory only)
+    active: set[int] = field(default_factory=set)  # its tracks seen up to the last end_frame
+
+    def wipe(self) -> None:
+        for ref in self.refs:
+            ref.fill(0.0)  # best effort: Python may still hold copies we cannot reach
+        self.refs.clear()
+
+
+class IdentityCache:
+    """Maps tracks to people and people to one noisy embedding each (see module docstring)."""
+
+    def __init__(
+        self,
+        mechanism: Mechanism,
+        config: PrivacyConfig,
+        post_process: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        self._mechanism = mechanism
+        self._config = config
+        self._post_process = post_process
+        self._people: dict[int, _Person] = {}  # people still in memory
+        self._records: list[PersonRecord] = []  # every person of the run, for the ledger
+        self._tracks: dict[int, int] = {}  # active track id -> person id
+        self._now = float("-inf")
+
+    def __contains__(self, track_id: int) -> bool:
+        return track_id in self._tracks
+
+    def person_for_track(self, track_id: int, time: float, embed: Callable[[], np.ndarray]) -> Identity:
+        """The identity to render for ``track_id`` at ``time`` (seconds, non-decreasing).
+
+        ``embed()`` computes the raw embedding; it is called only for a track new to the cache.
+        A new track is matched against people not yet seen at ``time`` (cosine similarity of raw
+        embeddings ≥ ``reassociation_threshold``): a match reuses that person's noisy embedding,
+        otherwise a new person is drawn. Within a frame, give known tracks (``track_id in cache``)
+        before new ones, so a person still on screen is never offered to a new track.
+        """
+        self._advance(time)
+        person_id = self._tracks.get(track_id)
+        if person_id is None:
+            person = self._new_track(track_id, time, check_embedding(embed(), self._mechanism.dim))
+        else:
+            person = self._people[person_id]
+        record = person.record
+        if record.last_time != time or record.frames == 0:
+            record.frames += 1
+        record.last_time = time
+        return person.identity
+
+    def end_frame(self, active_track_ids: Iterable[int], time: float) -> None:
+        """Close the frame: tracks absent from it have ended; expire and bound the raw store."""
+        self._advance(time)
+        active = set(active_track_ids)
+        for track_id in [t for t in self._tracks if t not in active]:
+            self._people[self._tracks.pop(track_id)].active.discard(track_id)
+        ttl = self._config.reassociation_ttl
+        for person in list(self._people.values()):
+            expired = not person.refs or time - person.record.last_time > ttl
+            if not person.active and expired:
+                self._forget(person)
+        holders = [p for p in self._people.values() if p.refs]
+        holders.sort(key=lambda p: (bool(p.active), p.record.last_time))  # ended and oldest first
+        for person in holders[: max(0, len(holders) - self._config.max_people)]:
+            person.wipe()
+            if not person.active:
+                self._forget(person)
+
+    def close(self) -> None:
+        """End of the run: wipe and drop every raw embedding (the ledger stays available)."""
+        for person in list(self._people.values()):
+            self._forget(person)
+        self._tracks.clear()
+
+    def ledger(self) -> Ledger:
+        return Ledger(self._mechanism.describe(), tuple(self._records))
+
+    def _new_track(self, track_id: int, time: float, raw: np.ndarray) -> _Person:
+        length = float(np.linalg.norm(raw))
+        unit = raw / length if length > 0 else None
+        person = self._match(unit, time) if unit is not None else None
+        if person is None:
+            person = self._draw(raw, time)
+        person.record.tracks += 1
+        person.active.add(track_id)
+        if unit is not None:
+            person.refs.append(unit)
+            if len(person.refs) > _REFS_PER_PERSON:
+                person.refs.pop(0).fill(0.0)
+        raw.fill(0.0)
+        self._tracks[track_id] = person.record.person_id
+        return person
+
+    def _match(self, unit: np.ndarray, time: float) -> _Person | None:
+        best, best_similarity = None, self._config.reassociation_threshold
+        for person in self._people.values():
+            if person.record.last_time >= time or not person.refs:
+                continue  # seen in this frame already: a different face
+            similarity = max(float(unit @ ref) for ref in person.refs)
+            if similarity >= best_similarity:
+                best, best_similarity = person, similarity
+        return best
+
+    def _draw(self, raw: np.ndarray, time: float) -> _Person:
+        noisy = self._mechanism.release(raw)
+        if self._post_process is not None:
+            noisy = np.asarray(self._post_process(noisy), np.float64)
+        noisy.setflags(write=False)
+        record = PersonRecord(person_id=len(self._records), first_time=time, last_time=time, draws=1)
+        self._records.append(record)
+        person = _Person(record, Identity(record.person_id, noisy))
+        self._people[record.person_id] = person
+        return person
+
+    def _forget(self, person: _Person) -> None:
+        person.wipe()
+        del self._people[person.record.person_id]
+
+    def _advance(self, time: float) -> None:
+        if time < self._now:
+            raise ValueError(f"time went backwards: {time} after {self._now}")
+        self._now = time

@@ -1,0 +1,138 @@
+"""Frame sinks: a video file written with PyAV (audio copied as-is), or a folder of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+
+from dpstream.errors import OutputError
+from dpstream.source import VideoInfo, VideoSource, coded
+from dpstream.types import VideoFrame
+
+X264_LIKE = ("libx264", "libx265", "h264", "hevc")
+
+
+class VideoSink:
+    """Encodes frames with the source's own timestamps and copies its audio packets bit-exactly.
+
+    The source's display rotation, colour tags and metadata are kept.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        source: VideoSource,
+        codec: str = "libx264",
+        crf: int = 20,
+        preset: str = "veryfast",
+    ):
+        self.path = Path(path)
+        info = source.info
+        try:
+            self.container = av.open(str(self.path), mode="w")
+        except (av.error.FFmpegError, ValueError) as error:
+            raise OutputError(f"{self.path}: cannot write this file ({error})") from None
+        try:
+            self.video = self._add_video_stream(info, source, codec, crf, preset)
+            self.audio = {
+                stream.index: self.container.add_stream_from_template(stream) for stream in source.audio_streams
+            }
+        except OutputError:
+            self._abandon()
+            raise
+        except (av.error.FFmpegError, ValueError) as error:
+            self._abandon()
+            raise OutputError(f"{self.path}: cannot set up the output streams ({error})") from None
+        self.container.metadata.update(source.container.metadata)
+        self.rotation = info.rotation
+        self.frames_written = 0
+
+    def _add_video_stream(
+        self, info: VideoInfo, source: VideoSource, codec: str, crf: int, preset: str
+    ) -> av.video.stream.VideoStream:
+        try:
+            stream = self.container.add_stream(codec, rate=info.frame_rate or 30)
+        except (av.error.FFmpegError, ValueError, av.codec.codec.UnknownCodecError) as error:
+            raise OutputError(f"--codec: unknown or unavailable video encoder {codec!r} ({error})") from None
+        if stream.type != "video":
+            raise OutputError(f"--codec: {codec!r} is not a video encoder")
+        stream.width, stream.height = info.width, info.height
+        stream.time_base = info.time_base
+        stream.codec_context.time_base = info.time_base
+        stream.pix_fmt = "yuv420p" if "yuv420p" in _pixel_formats(stream) else _pixel_formats(stream)[0]
+        source_context = source.video_stream.codec_context
+        for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
+            setattr(stream.codec_context, tag, getattr(source_context, tag))
+        if codec in X264_LIKE:
+            stream.options = {"crf": str(crf), "preset": preset}
+        stream.metadata.update(
+            {k: v for k, v in source.video_stream.metadata.items() if k.lower() in ("language", "handler_name", "title")}
+        )
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+        return stream
+
+    def write(self, frame: VideoFrame) -> None:
+        video_frame = av.VideoFrame.from_ndarray(coded(frame.image, self.rotation), format="rgb24")
+        video_frame.pts = frame.pts
+        video_frame.time_base = frame.time_base
+        try:
+            for packet in self.video.encode(video_frame):
+                self.container.mux(packet)
+        except av.error.FFmpegError as error:
+            raise OutputError(f"{self.path}: encoding failed ({error})") from None
+        self.frames_written += 1
+
+    def write_audio(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            packet.stream = self.audio[packet.stream.index]
+            try:
+                self.container.mux(packet)
+            except av.error.FFmpegError as error:
+                raise OutputError(
+                    f"{self.path}: this container cannot hold the input's {packet.stream.codec_context.name} "
+                    f"audio unchanged ({error}); choose another output extension"
+                ) from None
+
+    def close(self) -> None:
+        """Flush the encoder and finalize the file (playable even after an interruption)."""
+        try:
+            for packet in self.video.encode(None):
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+
+    def _abandon(self) -> None:
+        self.container.close()
+        self.path.unlink(missing_ok=True)
+
+
+class ImageFolderSink:
+    """Writes each frame as an image with its source file's name."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot create output folder ({error.strerror})") from None
+        self.frames_written = 0
+
+    def write(self, frame: VideoFrame) -> None:
+        target = self.path / (frame.name or f"{frame.index:06d}.png")
+        if not cv2.imwrite(str(target), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)):
+            raise OutputError(f"{target}: cannot write image")
+        self.frames_written += 1
+
+    def write_audio(self, packets: list[av.Packet]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _pixel_formats(stream: av.video.stream.VideoStream) -> list[str]:
+    formats = stream.codec_context.codec.video_formats or []
+    return [f.name for f in formats] or ["yuv420p"]

@@ -1,0 +1,211 @@
+"""Frame sources: a video file (anything FFmpeg reads) or a folder of images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from dpstream.errors import InputError
+from dpstream.types import VideoFrame
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What the sink needs to know to write a matching output."""
+
+    width: int  # coded size (before display rotation)
+    height: int
+    time_base: Fraction
+    frame_rate: Fraction | None
+    rotation: int  # display rotation in degrees, counter-clockwise, multiple of 90
+    expected_frames: int | None  # from the container, when it says
+
+
+@dataclass(slots=True)
+class DecodeReport:
+    """What went wrong while reading; empty when the whole input decoded."""
+
+    errors: list[str]
+    frames_decoded: int
+    expected_frames: int | None
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.errors)
+
+
+class VideoSource:
+    """Demuxes a video file: yields upright RGB frames, queues audio packets for copying.
+
+    Frames come out rotated upright (the display matrix applied) so faces are found in their
+    natural orientation; the sink rotates them back and keeps the display matrix.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.container = open_video_container(self.path)
+        self.video_stream = self.container.streams.video[0]
+        self.video_stream.thread_type = "AUTO"
+        self.audio_streams = list(self.container.streams.audio)
+        self._pending_audio: list[av.Packet] = []
+        self.report = DecodeReport([], 0, None)
+        self.info = self._probe_info()
+        self.report.expected_frames = self.info.expected_frames
+
+    def _probe_info(self) -> VideoInfo:
+        stream = self.video_stream
+        rate = stream.average_rate or stream.guessed_rate
+        expected = stream.frames or None
+        if expected is None and stream.duration and rate:
+            expected = round(float(stream.duration * stream.time_base * rate))
+        elif expected is None and self.container.duration and rate:
+            expected = round(self.container.duration / av.time_base * float(rate))
+        return VideoInfo(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            time_base=stream.time_base or Fraction(1, 90000),
+            frame_rate=Fraction(rate) if rate else None,
+            rotation=_first_frame_rotation(self.path),
+            expected_frames=expected,
+        )
+
+    def frames(self) -> Iterator[VideoFrame]:
+        index = 0
+        last_pts = None
+        frame_step = _pts_step(self.info)
+        streams = [self.video_stream, *self.audio_streams]
+        try:
+            for packet in self.container.demux(streams):
+                if packet.stream.type == "audio":
+                    if packet.dts is not None:
+                        self._pending_audio.append(packet)
+                    continue
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as error:
+                    self.report.errors.append(f"frame data after frame {index} is corrupt ({error})")
+                    continue
+                for frame in decoded:
+                    pts = frame.pts if frame.pts is not None else (
+                        0 if last_pts is None else last_pts + frame_step
+                    )
+                    last_pts = pts
+                    yield VideoFrame(
+                        image=_upright(frame.to_ndarray(format="rgb24"), self.info.rotation),
+                        index=index,
+                        pts=pts,
+                        time_base=self.info.time_base,
+                    )
+                    index += 1
+                    self.report.frames_decoded = index
+        except av.error.FFmpegError as error:
+            self.report.errors.append(f"stopped reading after frame {index}: {error}")
+        expected = self.info.expected_frames
+        if not self.report.errors and expected and index < expected - max(2, expected // 100):
+            self.report.errors.append(
+                f"the file ended after {index} of about {expected} frames (truncated?)"
+            )
+
+    def drain_audio(self) -> list[av.Packet]:
+        """Audio packets read so far that have not been written yet."""
+        packets, self._pending_audio = self._pending_audio, []
+        return packets
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def open_video_container(path: Path) -> av.container.InputContainer:
+    """Open ``path`` for reading with messages that name the file and the problem."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder with no images in it")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    try:
+        container = av.open(str(path), mode="r")
+    except av.error.FFmpegError as error:
+        raise InputError(f"{path}: not a video file FFmpeg can read ({error.strerror})") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: has no video stream")
+    return container
+
+
+class ImageFolderSource:
+    """Yields the images of a folder (sorted by name) as frames named after their files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.files = sorted(
+            p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not self.files:
+            raise InputError(f"{self.path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.report = DecodeReport([], 0, len(self.files))
+
+    def frames(self) -> Iterator[VideoFrame]:
+        for index, file in enumerate(self.files):
+            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            if image is None:
+                self.report.errors.append(f"{file.name}: not a readable image, skipped")
+                continue
+            self.report.frames_decoded += 1
+            yield VideoFrame(image=cv2.cvtColor(image, cv2.COLOR_BGR2RGB), index=index, name=file.name)
+
+    def drain_audio(self) -> list[av.Packet]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(path: str | Path) -> VideoSource | ImageFolderSource:
+    path = Path(path)
+    if path.is_dir():
+        return ImageFolderSource(path)
+    return VideoSource(path)
+
+
+def _pts_step(info: VideoInfo) -> int:
+    if info.frame_rate:
+        return max(1, round(1 / (info.frame_rate * info.time_base)))
+    return 1
+
+
+def _first_frame_rotation(path: Path) -> int:
+    """The display rotation (degrees, multiple of 90) carried by the first frame, 0 if none.
+
+    Read from a separate opening so the main demuxer starts untouched.
+    """
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                return int(round(frame.rotation / 90.0)) * 90 % 360
+    except av.error.FFmpegError:
+        pass  # the main read reports the damage
+    return 0
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply the display rotation (counter-clockwise degrees) to a coded image."""
+    if rotation == 0:
+        return image
+    return np.ascontiguousarray(np.rot90(image, k=rotation // 90))
+
+
+def coded(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Undo :func:`_upright`: back to the coded orientation for encoding."""
+    if rotation == 0:
+        return image
+    return np.ascontiguousarray(np.rot90(image, k=-(rotation // 90)))

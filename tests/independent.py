@@ -1,0 +1,52 @@
+"""Independent judges for tests: YuNet (a detector the pipeline does not use) and media probes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+VIDEOS = SHARED / "data" / "videos"
+YUNET = SHARED / "data" / "models" / "face_detection_yunet_2023mar.onnx"
+
+
+class YuNet:
+    """Counts faces with OpenCV's YuNet at score ≥ 0.6."""
+
+    def __init__(self, score: float = 0.6):
+        self.detector = cv2.FaceDetectorYN.create(str(YUNET), "", (320, 320), score)
+
+    def count(self, rgb: np.ndarray) -> int:
+        self.detector.setInputSize((rgb.shape[1], rgb.shape[0]))
+        _, faces = self.detector.detect(np.ascontiguousarray(rgb[..., ::-1]))
+        return 0 if faces is None else len(faces)
+
+
+def decoded_rgb_frames(path: str | Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def video_timestamps(path: str | Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [float(frame.pts * frame.time_base) for frame in container.decode(video=0)]
+
+
+def audio_digest(path: str | Path) -> tuple[int, str]:
+    """(packet count, sha256 of all audio packet payloads in order)."""
+    digest = hashlib.sha256()
+    count = 0
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return 0, ""
+        for packet in container.demux(audio=0):
+            if packet.dts is None:
+                continue
+            digest.update(bytes(packet))
+            count += 1
+    return count, digest.hexdigest()
