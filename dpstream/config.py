@@ -39,7 +39,7 @@ class Config:
     face_margin: float = 0.35
     detect_tiles: tuple[int, ...] = (1, 2)
     # baselines
-    mosaic_cells: int = 10
+    mosaic_cells: int = 5
     dppix_cell: int = 16
     dppix_m: int = 16
     # output video

@@ -16,12 +16,17 @@ YUNET = SHARED / "data" / "models" / "face_detection_yunet_2023mar.onnx"
 
 
 class YuNet:
-    """Counts faces with OpenCV's YuNet at score ≥ 0.6."""
+    """Counts faces with OpenCV's YuNet at score ≥ 0.6, on images scaled to at most
+    ``max_side`` pixels (the same scaling for inputs and outputs keeps counts comparable)."""
 
-    def __init__(self, score: float = 0.6):
+    def __init__(self, score: float = 0.6, max_side: int = 640):
         self.detector = cv2.FaceDetectorYN.create(str(YUNET), "", (320, 320), score)
+        self.max_side = max_side
 
     def count(self, rgb: np.ndarray) -> int:
+        scale = self.max_side / max(rgb.shape[:2])
+        if scale < 1:
+            rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         self.detector.setInputSize((rgb.shape[1], rgb.shape[0]))
         _, faces = self.detector.detect(np.ascontiguousarray(rgb[..., ::-1]))
         return 0 if faces is None else len(faces)

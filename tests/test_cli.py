@@ -9,7 +9,7 @@ import time
 import av
 import pytest
 from conftest import requires_shared
-from independent import VIDEOS
+from independent import VIDEOS, audio_digest
 
 
 def run_cli(*args, timeout=300):
@@ -125,3 +125,17 @@ def test_ctrl_c_finalizes_a_playable_output(tmp_path):
     with av.open(str(output)) as container:
         written = sum(1 for _ in container.decode(video=0))
     assert 0 < written < 352
+
+
+@requires_shared
+def test_anonymize_multiface_video_end_to_end(tmp_path):
+    """The issue's reference run: H.264 out, same frame count, audio bit-identical."""
+    source = VIDEOS / "multiface_640x360_hamilton.mp4"
+    output = tmp_path / "out.mp4"
+    result = run_cli("anonymize", source, "-o", output, "--method", "blur")
+    assert result.returncode == 0, result.stderr
+    assert "275 frames" in result.stderr
+    with av.open(str(output)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in container.decode(video=0)) == 275
+    assert audio_digest(output) == audio_digest(source)

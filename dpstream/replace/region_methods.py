@@ -79,12 +79,12 @@ class Mosaic(RegionReplacer):
 
 
 class Solid(RegionReplacer):
-    """A black fill."""
+    """A mid-grey fill (black heads read as faces to some detectors)."""
 
     name = "solid"
 
     def fill(self, pixels: np.ndarray, region: FaceRegion) -> np.ndarray:
-        return np.zeros_like(pixels)
+        return np.full_like(pixels, 128)
 
 
 class DpPix(RegionReplacer):

@@ -1,0 +1,261 @@
+"""The shipped DP face model with real ONNX Runtime, manifest validation and the face-swap form."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dpstream.face_model import FaceModel, ManifestError, RenderError, load_manifest
+from dpstream.face_model.alignment import MESH_POINTS, fit_similarity, warp_vertices
+from dpstream.face_model.appearance import AppearanceTemplate
+from dpstream.face_model.manifest import DEFAULT_MANIFEST
+
+SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture(scope="module")
+def model() -> FaceModel:
+    return FaceModel.load()
+
+
+def synthetic_face(size: int = 256, radius: float = 60.0, angle: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """A textured image and (478, 2) landmarks: the model's mean shape, rotated and placed."""
+    mean_shape = AppearanceTemplate.load(load_manifest().template_path).mean_shape
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    mesh = mean_shape @ rotation.T * radius + size / 2
+    iris = np.repeat(mesh[[33, 362]], 5, axis=0)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return image, np.vstack([mesh, iris]).astype(np.float32)
+
+
+def test_encode_gives_a_bounded_vector_of_the_declared_dimension(model):
+    image, landmarks = synthetic_face()
+    identity = model.encode(image, landmarks)
+    assert identity.shape == (model.dim,)
+    assert np.isfinite(identity).all()
+    assert np.linalg.norm(identity) <= model.clip_norm + 1e-9
+    assert model.dim == load_manifest().embedding_dim
+
+
+def test_post_processing_releases_a_codebook_mix_at_the_typical_norm(model):
+    noisy = np.random.default_rng(1).normal(0, 5, model.dim)
+    released = model.post_process(noisy)
+    assert np.linalg.norm(released) == pytest.approx(model.manifest.typical_norm)
+    codebook = np.load(model.manifest.codebook_path).astype(np.float64)
+    neighbours = model.manifest.codebook_neighbours
+    nearest = np.argsort(-(codebook / np.linalg.norm(codebook, axis=1, keepdims=True)) @ noisy)[:neighbours]
+    expected = codebook[nearest].mean(0)
+    assert np.allclose(released, expected * model.manifest.typical_norm / np.linalg.norm(expected))
+
+
+def test_decoder_output_depends_on_the_identity(model):
+    backend = model._backend
+    expression = np.zeros(backend.template.expression_std.shape)
+    first = backend.decode(np.zeros(model.dim), expression)
+    code = model.post_process(np.random.default_rng(2).normal(size=model.dim))
+    second = backend.decode(code, expression)
+    assert first[0].shape == (128, 128, 3) and first[1].shape == (MESH_POINTS, 2)
+    assert np.abs(first[0] - second[0]).mean() > 2.0  # texture changes
+    assert np.abs(first[1] - second[1]).max() > 1e-3  # identity shape changes
+
+
+def test_render_changes_the_face_region_and_only_it(model):
+    image, landmarks = synthetic_face()
+    rendered = image.copy()
+    model.render(rendered, landmarks, model.post_process(np.random.default_rng(3).normal(size=model.dim)))
+    changed = (rendered != image).any(axis=2)
+    inside = np.zeros_like(changed)
+    import cv2
+
+    hull = cv2.convexHull(warp_vertices(landmarks).astype(np.float32)).astype(np.int32)
+    cv2.fillConvexPoly(inside.view(np.uint8), hull, 1)
+    assert changed[inside].mean() > 0.5  # the face is redrawn
+    outside = ~cv2.dilate(inside.view(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert not changed[outside].any()  # nothing else is touched
+
+
+def test_render_refuses_tiny_and_folded_faces(model):
+    image, landmarks = synthetic_face(radius=3.0)
+    with pytest.raises(RenderError, match="too small"):
+        model.render(image.copy(), landmarks, np.zeros(model.dim))
+    image, landmarks = synthetic_face()
+    folded = landmarks.copy()
+    centre_x = folded[:MESH_POINTS, 0].mean()
+    folded[:MESH_POINTS, 0] = centre_x + np.abs(folded[:MESH_POINTS, 0] - centre_x)  # both halves on one side
+    untouched = image.copy()
+    with pytest.raises(RenderError):
+        model.render(image, folded, np.zeros(model.dim))
+    assert (image == untouched).all()
+    with pytest.raises(RenderError, match="mesh"):
+        model.encode(image, np.full((478, 2), np.nan, np.float32))
+
+
+def test_render_rejects_identities_of_the_wrong_size(model):
+    image, landmarks = synthetic_face()
+    with pytest.raises(RenderError, match="identity"):
+        model.render(image, landmarks, np.zeros(model.dim + 1))
+
+
+def test_default_manifest_fields_and_package_size():
+    manifest = load_manifest(None)
+    assert manifest.kind == "appearance"
+    assert manifest.crop_size == 128
+    assert manifest.clip_norm > 0 and manifest.typical_norm > 0
+    assert manifest.decoder.inputs["identity"] == (1, manifest.embedding_dim)
+    assets = DEFAULT_MANIFEST.parent
+    assert sum(p.stat().st_size for p in assets.iterdir()) < 40e6
+
+
+def write_manifest(folder: Path, data: dict) -> Path:
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("embedding_dim"), "embedding_dim"),
+        (lambda m: m.update(kind="gan"), "kind"),
+        (lambda m: m.update(clip_norm=-1), "clip_norm"),
+        (lambda m: m["encoder"].update(file="missing.onnx"), "encoder.file"),
+        (lambda m: m["decoder"]["inputs"].update(identity=[1, 7]), "embedding_dim"),
+        (lambda m: m["decoder"]["normalization"].update(channel_order="XYZ"), "channel_order"),
+        (lambda m: m["alignment"].update(template="missing.npz"), "alignment.template"),
+        (lambda m: m["post_processing"].update(codebook="missing.npy"), "post_processing.codebook"),
+        (lambda m: m["post_processing"].update(neighbours=0), "post_processing.neighbours"),
+    ],
+)
+def test_manifest_validation_names_the_bad_key(tmp_path, change, message):
+    raw = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy"):
+        (tmp_path / name).symlink_to(DEFAULT_MANIFEST.parent / name)
+    change(raw)
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(write_manifest(tmp_path, raw))
+
+
+def test_manifest_errors_for_missing_or_invalid_files(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        load_manifest(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("kind: [unclosed")
+    with pytest.raises(ManifestError, match="YAML"):
+        load_manifest(tmp_path / "bad.yaml")
+
+
+def build_face_swap_pair(folder: Path) -> None:
+    """A tiny encoder (1x3x112x112 -> 1x512) and swapper (1x3x128x128 + 1x512 -> 1x3x128x128)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    encoder = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["crop"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["embedding"]),
+        ],
+        "tiny_encoder",
+        [helper.make_tensor_value_info("crop", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 512])],
+        [numpy_helper.from_array(rng.normal(size=(3, 512)).astype(np.float32), "weights")],
+    )
+    swapper = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["source"], ["shift"], keepdims=1),
+            helper.make_node("Mul", ["shift", "gain"], ["scaled_shift"]),
+            helper.make_node("Sub", ["one", "target"], ["inverted"]),
+            helper.make_node("Add", ["inverted", "scaled_shift"], ["output"]),
+        ],
+        "tiny_swapper",
+        [
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, [1, 3, 128, 128]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, 512]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 128, 128])],
+        [
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(5.0, np.float32), "gain"),
+        ],
+    )
+    for graph, name in ((encoder, "encoder.onnx"), (swapper, "swapper.onnx")):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(folder / name))
+
+
+def test_face_swap_form_manifest_encodes_and_renders(tmp_path):
+    build_face_swap_pair(tmp_path)
+    path = write_manifest(
+        tmp_path,
+        {
+            "kind": "face_swap",
+            "embedding_dim": 512,
+            "clip_norm": 1.0,
+            "encoder": {
+                "file": "encoder.onnx",
+                "inputs": {"crop": [1, 3, 112, 112]},
+                "output": "embedding",
+                "normalization": {"mean": 127.5, "std": 127.5},
+            },
+            "decoder": {
+                "file": "swapper.onnx",
+                "inputs": {"target": [1, 3, 128, 128], "source": [1, 512]},
+                "outputs": {"output": [1, 3, 128, 128]},
+                "normalization": {"mean": 0.0, "std": 255.0},
+            },
+            "alignment": {"crop_size": 128},
+        },
+    )
+    model = FaceModel.load(path)
+    assert (model.dim, model.clip_norm) == (512, 1.0)
+    image, landmarks = synthetic_face(radius=40.0)
+    identity = model.encode(image, landmarks)
+    assert identity.shape == (512,) and np.linalg.norm(identity) == pytest.approx(1.0)
+    rendered = image.copy()
+    model.render(rendered, landmarks, model.post_process(np.ones(512)))
+    changed = (rendered != image).any(axis=2)
+    face_centre = landmarks[:MESH_POINTS].mean(0).astype(int)
+    assert changed[face_centre[1] - 10 : face_centre[1] + 10, face_centre[0] - 10 : face_centre[0] + 10].all()
+    assert not changed[:5].any() and not changed[-5:].any()  # the frame's edges are untouched
+
+
+def test_face_swap_manifest_rejects_a_wrong_signature(tmp_path):
+    build_face_swap_pair(tmp_path)
+    raw = {
+        "kind": "face_swap",
+        "embedding_dim": 256,
+        "clip_norm": 1.0,
+        "encoder": {"file": "encoder.onnx", "inputs": {"crop": [1, 3, 112, 112]}, "output": "embedding"},
+        "decoder": {"file": "swapper.onnx", "inputs": {"target": [1, 3, 128, 128], "source": [1, 512]}, "output": "output"},
+        "alignment": {"crop_size": 128},
+    }
+    with pytest.raises(ManifestError, match="embedding_dim"):
+        load_manifest(write_manifest(tmp_path, raw))
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "lfw").is_dir(), reason="needs ../shared/data/lfw (set DPSTREAM_SHARED)")
+def test_real_lfw_face_round_trip(model):
+    import cv2
+    import mediapipe as mp
+
+    path = SHARED / "data" / "lfw" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
+        found = mesh.process(image).multi_face_landmarks[0].landmark
+    landmarks = np.array([(p.x * image.shape[1], p.y * image.shape[0]) for p in found], np.float32)
+    identity = model.encode(image, landmarks)
+    reconstruction, anonymized = image.copy(), image.copy()
+    model.render(reconstruction, landmarks, identity)
+    model.render(anonymized, landmarks, model.post_process(np.random.default_rng(4).normal(size=model.dim)))
+    face = (slice(90, 160), slice(95, 155))
+    own_error = np.abs(reconstruction[face].astype(int) - image[face]).mean()
+    other_error = np.abs(anonymized[face].astype(int) - image[face]).mean()
+    assert own_error < other_error  # the decoder reproduces the encoded identity
+    to_frame = fit_similarity(model._backend.template.mean_shape, landmarks[:MESH_POINTS])
+    assert to_frame.scale > 20
