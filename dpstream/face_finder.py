@@ -22,6 +22,10 @@ MESH_CROP_MIN_SIDE = 192
 DUPLICATE_OVERLAP = 0.5
 """Two detections are the same face when the intersection covers this much of the smaller box."""
 
+TILE_TRUSTED_SCORE = 0.75
+"""A face seen only by the tile detector, below this score, is kept only if the mesh fits it:
+out-of-focus backgrounds give the short-range model large low-score false faces."""
+
 
 class FaceFinder:
     """Finds every face of a frame: boxes and scores, and 478 landmarks where the mesh fits.
@@ -43,7 +47,7 @@ class FaceFinder:
                 model_selection=0, min_detection_confidence=min_score
             )
             self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
+                static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
             )
             # MediaPipe's native code logs its set-up on the first inference: run one now.
             self._mesh.process(np.zeros((MESH_CROP_MIN_SIDE, MESH_CROP_MIN_SIDE, 3), np.uint8))
@@ -55,17 +59,22 @@ class FaceFinder:
         image = frame.image
         height, width = image.shape[:2]
         boxes, scores = _detect(self._full_range, image, 0, 0)
+        trusted = [True] * len(boxes)
         for x0, y0, x1, y1 in tiles(height, width, self.tile_levels):
             tile_boxes, tile_scores = _detect(self._short_range, image[y0:y1, x0:x1], x0, y0)
             boxes += tile_boxes
             scores += tile_scores
+            trusted += [score >= TILE_TRUSTED_SCORE for score in tile_scores]
         if not boxes:
             return Faces.empty()
-        box_array, score_array = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
+        kept, groups = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
+        box_array = np.asarray(boxes, np.float32)[kept]
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
         landmarks = np.stack([self.fit_mesh(image, box) for box in box_array])
-        return Faces(box_array, score_array, landmarks)
+        faces = Faces(box_array, np.asarray(scores, np.float32)[kept], landmarks)
+        group_trusted = np.array([any(trusted[i] for i in group) for group in groups])
+        return faces.select(group_trusted | faces.has_mesh())
 
     def fit_mesh(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """(478, 2) landmarks in frame pixels for the face in ``box``; NaN if the mesh fails."""
@@ -128,33 +137,33 @@ def _detect(detector, image: np.ndarray, left: int, top: int) -> tuple[list, lis
 
 def tiles(height: int, width: int, levels: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
     """Overlapping square tiles (x0, y0, x1, y1): at level n, tiles 1.25/n of the short side."""
-    result = []
+    result: list[tuple[int, int, int, int]] = []
     for level in levels:
         side = min(int(min(height, width) / level * 1.25), height, width)
-        rows = np.linspace(0, height - side, max(1, int(np.ceil(height / (side * 0.8))))).astype(int)
-        cols = np.linspace(0, width - side, max(1, int(np.ceil(width / (side * 0.8))))).astype(int)
-        result += [(x, y, x + side, y + side) for y in rows for x in cols]
+        rows = np.unique(np.linspace(0, height - side, max(1, int(np.ceil(height / (side * 0.8))))).astype(int))
+        cols = np.unique(np.linspace(0, width - side, max(1, int(np.ceil(width / (side * 0.8))))).astype(int))
+        result += [(x, y, x + side, y + side) for y in rows for x in cols if (x, y, x + side, y + side) not in result]
     return result
 
 
-def merge_duplicates(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keep one box per face: the best-scoring of boxes that largely overlap each other."""
-    order = np.argsort(-scores)
+def merge_duplicates(boxes: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[list[int]]]:
+    """One box per face: indices of the best-scoring box of each group of boxes that largely
+    overlap, and each group's members."""
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     kept: list[int] = []
-    for index in order:
+    groups: list[list[int]] = []
+    for index in np.argsort(-scores):
         box = boxes[index]
-        duplicate = False
-        for other in kept:
-            ix = min(box[2], boxes[other, 2]) - max(box[0], boxes[other, 0])
-            iy = min(box[3], boxes[other, 3]) - max(box[1], boxes[other, 1])
-            smaller = min(areas[index], areas[other])
-            if ix > 0 and iy > 0 and ix * iy >= DUPLICATE_OVERLAP * smaller:
-                duplicate = True
+        for kept_index, group in zip(kept, groups):
+            ix = min(box[2], boxes[kept_index, 2]) - max(box[0], boxes[kept_index, 0])
+            iy = min(box[3], boxes[kept_index, 3]) - max(box[1], boxes[kept_index, 1])
+            if ix > 0 and iy > 0 and ix * iy >= DUPLICATE_OVERLAP * min(areas[index], areas[kept_index]):
+                group.append(int(index))
                 break
-        if not duplicate:
+        else:
             kept.append(int(index))
-    return boxes[kept], scores[kept]
+            groups.append([int(index)])
+    return kept, groups
 
 
 def _crop_with_padding(image: np.ndarray, left: int, top: int, size: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from dpstream.config import Config, load_config
 from dpstream.errors import OutputError
 from dpstream.face_finder import FaceFinder
+from dpstream.privacy import default_ledger_path, write_ledger
 from dpstream.replace import make_replacer
 from dpstream.sink import ImageFolderSink, VideoSink
 from dpstream.source import ImageFolderSource, VideoSource, open_source
@@ -40,6 +41,7 @@ class Anonymizer:
 
     def close(self) -> None:
         self.finder.close()
+        self.replacer.close()
 
 
 @dataclass(slots=True)
@@ -107,12 +109,15 @@ def anonymize(
             summary.interrupted = True
         finally:
             sink.close()
-            anonymizer.close()
             summary.seconds = time.perf_counter() - started
+            ledger = anonymizer.replacer.ledger()
+            if ledger is not None:
+                summary.ledger = str(write_ledger(ledger, run_config.ledger or default_ledger_path(output_path)))
+            summary.method_figures = anonymizer.replacer.summary()
+            anonymizer.close()
     finally:
         source.close()
     summary.input_errors = list(source.report.errors)
-    summary.method_figures = anonymizer.replacer.summary()
     return summary
 
 

@@ -105,3 +105,15 @@ def test_frames_api_anonymizes_caller_frames_without_touching_them():
         changed = np.abs(result.astype(int) - original).sum(axis=2) > 0
         assert 0.01 < changed.mean() < 0.5  # the face region changed, the rest of the frame did not
     assert sum(YuNet().count(r) for r in results) == 0
+
+
+def test_dp_pix_writes_its_ledger_next_to_the_output(tmp_path):
+    import json
+
+    output = tmp_path / "out.mp4"
+    summary = dpstream.anonymize(VIDEOS / "walking_3people_480x270.mp4", output, method="dp-pix", epsilon=0.5)
+    ledger = json.loads((tmp_path / "out.mp4.ledger.json").read_text())
+    assert summary.ledger == str(tmp_path / "out.mp4.ledger.json")
+    assert ledger["releases"] == summary.faces - summary.fallbacks > 0
+    assert ledger["epsilon_per_release"] == 0.5
+    assert ledger["laplace_scale"] == pytest.approx(255 * 16 / (16 * 16 * 0.5))

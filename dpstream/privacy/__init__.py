@@ -6,7 +6,7 @@ Independent of the video code. See PRIVACY.md for what the guarantee covers.
 from dpstream.privacy.cache import Identity, IdentityCache
 from dpstream.privacy.config import PrivacyConfig
 from dpstream.privacy.fast_laplace import laplace_noise, noise_grid, snap_to_grid
-from dpstream.privacy.ledger import Ledger, PersonRecord, default_ledger_path
+from dpstream.privacy.ledger import Ledger, PersonRecord, default_ledger_path, write_ledger
 from dpstream.privacy.mechanisms import EmbeddingError, Mechanism, make_mechanism, project_to_sphere
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "noise_grid",
     "project_to_sphere",
     "snap_to_grid",
+    "write_ledger",
 ]

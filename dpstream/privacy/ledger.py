@@ -66,12 +66,7 @@ class Ledger:
         }
 
     def write(self, path: str | Path) -> Path:
-        """Write the JSON ledger (atomically: a temporary file renamed over ``path``)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_ledger(self.to_dict(), path)
 
     def _worst_case(self, chain: list[int], k: int, eps: float, delta: float) -> dict:
         result: dict = {"draws": k, "person_ids": chain}
@@ -118,6 +113,15 @@ def max_disjoint_draws(people: tuple[PersonRecord, ...] | list[PersonRecord]) ->
         else:
             i -= 1
     return sorted(chain), best[-1]
+
+
+def write_ledger(ledger: dict, path: str | Path) -> Path:
+    """Write a JSON ledger atomically (a temporary file renamed over ``path``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ledger, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def default_ledger_path(output: str | Path) -> Path:

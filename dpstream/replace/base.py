@@ -17,5 +17,13 @@ class Replacer(Protocol):
         ...
 
     def summary(self) -> dict:
-        """Figures for the run summary/ledger (draws, fallbacks, ...); no biometric values."""
+        """Figures for the run summary (people, fallbacks, ...); no biometric values."""
+        ...
+
+    def ledger(self) -> dict | None:
+        """The run's privacy ledger (JSON-ready), or None for methods without a DP guarantee."""
+        ...
+
+    def close(self) -> None:
+        """End of the run: drop whatever is held in memory (raw embeddings)."""
         ...

@@ -38,10 +38,13 @@ class DpFaceReplacer:
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
         image = frame.image
-        failed = ~faces.has_mesh()
+        # no mesh, or no track (noise must be drawn once per person): fail closed
+        failed = ~faces.has_mesh() | (faces.track_ids < 0)
         identities: dict[int, np.ndarray] = {}
-        # every new person is encoded from the untouched frame before any face is redrawn
-        for index in np.flatnonzero(~failed):
+        # known tracks first (the cache asks for this), and every new person is encoded from the
+        # untouched frame before any face is redrawn
+        pending = sorted(np.flatnonzero(~failed), key=lambda i: int(faces.track_ids[i]) not in self.identities)
+        for index in pending:
             landmarks = faces.landmarks[index]
             try:
                 person = self.identities.person_for_track(

@@ -1,0 +1,68 @@
+"""Stage-level behaviour on real frames: face finding, regions, tracking hold, the fallback."""
+
+import numpy as np
+import pytest
+from conftest import requires_shared
+from independent import VIDEOS, YuNet, decoded_rgb_frames
+
+from dpstream.face_finder import FaceFinder, merge_duplicates, tiles
+from dpstream.regions import face_region
+from dpstream.replace.fallback import apply_fallback
+from dpstream.tracker import Tracker
+from dpstream.types import NUM_LANDMARKS, Faces, VideoFrame
+
+
+def test_tiles_cover_the_frame_with_overlap():
+    covered = np.zeros((360, 640), bool)
+    assert len(set(tiles(720, 1280, (1, 2)))) == len(tiles(720, 1280, (1, 2)))
+    for x0, y0, x1, y1 in tiles(360, 640, (1, 2)):
+        assert x1 - x0 == y1 - y0 and 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+
+
+def test_duplicate_detections_of_one_face_are_merged_keeping_the_best():
+    boxes = np.array([[10, 10, 50, 50], [12, 12, 48, 52], [100, 100, 140, 140]], np.float32)
+    kept, groups = merge_duplicates(boxes, np.array([0.7, 0.9, 0.8], np.float32))
+    assert kept == [1, 2]
+    assert groups == [[1, 0], [2]]
+
+
+@requires_shared
+def test_finder_fits_a_mesh_on_the_talking_face():
+    frame = VideoFrame(decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0], 0)
+    finder = FaceFinder()
+    faces = finder.find(frame)
+    finder.close()
+    assert len(faces) == 1 and faces.has_mesh().all()
+    x0, y0, x1, y1 = faces.boxes[0]
+    inside = (faces.landmarks[0, :, 0] > x0 - 0.3 * (x1 - x0)) & (faces.landmarks[0, :, 0] < x1 + 0.3 * (x1 - x0))
+    assert inside.mean() > 0.95  # the mesh lies on the detected face, in frame pixels
+
+
+def test_tracker_keeps_ids_and_holds_a_missed_face():
+    tracker = Tracker(max_missed=2)
+    box = np.array([[100, 100, 160, 170]], np.float32)
+    face = Faces(box, np.array([0.9], np.float32), np.full((1, NUM_LANDMARKS, 2), np.nan, np.float32))
+    first = tracker.update(face).track_ids.tolist()
+    moved = Faces(box + 5, face.scores, face.landmarks)
+    assert tracker.update(moved).track_ids.tolist() == first
+    for _ in range(2):  # detector misses the face: its last region is still returned
+        held = tracker.update(Faces.empty())
+        assert held.track_ids.tolist() == first and np.allclose(held.boxes, box + 5)
+    assert len(tracker.update(Faces.empty())) == 0  # past max_missed the track ends
+
+
+@requires_shared
+def test_fallback_covers_the_face_so_yunet_cannot_find_it():
+    image = decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0]
+    finder = FaceFinder()
+    faces = finder.find(VideoFrame(image.copy(), 0))
+    finder.close()
+    yunet = YuNet()
+    assert yunet.count(image) == 1
+    covered = image.copy()
+    assert apply_fallback(covered, faces) == 1
+    assert yunet.count(covered) == 0
+    region = face_region(faces.boxes[0], faces.landmarks[0], 0.0, image.shape)
+    assert (covered[region.slices()] != image[region.slices()]).any(axis=2).mean() > 0.5
