@@ -19,8 +19,8 @@ class YuNet:
     """Counts faces with OpenCV's YuNet, on images scaled to at most ``max_side`` pixels (the
     same scaling for inputs and outputs keeps counts comparable).
 
-    The default score threshold 0.9 is the one of OpenCV's own YuNet sample; at 0.6 YuNet also
-    fires on fists, bokeh and smooth head-shaped blobs.
+    The default score threshold 0.9 is ``cv2.FaceDetectorYN.create``'s own default; at 0.6 YuNet
+    also fires on fists, bokeh and smooth head-shaped blobs (and on more small real faces).
     """
 
     def __init__(self, score: float = 0.9, max_side: int = 640):
