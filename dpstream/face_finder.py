@@ -23,8 +23,12 @@ DUPLICATE_OVERLAP = 0.5
 """Two detections are the same face when the intersection covers this much of the smaller box."""
 
 TILE_TRUSTED_SCORE = 0.75
-"""A face seen only by the tile detector, below this score, is kept only if the mesh fits it:
-out-of-focus backgrounds give the short-range model large low-score false faces."""
+"""Out-of-focus backgrounds give the short-range tile detector large low-score false faces.
+A tile-only face below this score is kept as a face only when the full-range detector confirms
+it close up; if not, it is still covered (as a region without landmarks) when the mesh fits
+it, and dropped when nothing else supports it."""
+
+CONFIRM_CROP_SCALE = 3.0
 
 
 class FaceFinder:
@@ -73,8 +77,26 @@ class FaceFinder:
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
         landmarks = np.stack([self.fit_mesh(image, box) for box in box_array])
         faces = Faces(box_array, np.asarray(scores, np.float32)[kept], landmarks)
-        group_trusted = np.array([any(trusted[i] for i in group) for group in groups])
-        return faces.select(group_trusted | faces.has_mesh())
+        keep = np.ones(len(faces), bool)
+        for index, group in enumerate(groups):
+            if any(trusted[i] for i in group) or self._confirmed_close_up(image, box_array[index]):
+                continue
+            if faces.has_mesh()[index]:
+                faces.landmarks[index] = np.nan  # doubtful: covered as a region, never given a new face
+            else:
+                keep[index] = False
+        return faces.select(keep)
+
+    def _confirmed_close_up(self, image: np.ndarray, box: np.ndarray) -> bool:
+        """A second opinion on a low-score tile detection: the full-range detector, run on a
+        crop where the face is large, must also see a face there."""
+        x0, y0, x1, y1 = box
+        side = max(x1 - x0, y1 - y0) * CONFIRM_CROP_SCALE
+        left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
+        crop = _crop_with_padding(image, left, top, max(int(round(side)), 8))
+        found, _ = _detect(self._full_range, crop, 0, 0)
+        center = ((x0 + x1) / 2 - left, (y0 + y1) / 2 - top)
+        return any(bx0 <= center[0] <= bx1 and by0 <= center[1] <= by1 for bx0, by0, bx1, by1 in found)
 
     def fit_mesh(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """(478, 2) landmarks in frame pixels for the face in ``box``; NaN if the mesh fails."""
