@@ -24,9 +24,8 @@ DUPLICATE_OVERLAP = 0.5
 
 TILE_TRUSTED_SCORE = 0.75
 """Out-of-focus backgrounds give the short-range tile detector large low-score false faces.
-A tile-only face below this score is kept as a face only when the full-range detector confirms
-it close up; if not, it is still covered (as a region without landmarks) when the mesh fits
-it, and dropped when nothing else supports it."""
+A tile-only face below this score is kept only when the full-range detector, run on a close-up
+crop, confirms it."""
 
 CONFIRM_CROP_SCALE = 3.0
 
@@ -72,20 +71,18 @@ class FaceFinder:
         if not boxes:
             return Faces.empty()
         kept, groups = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
+        kept = [
+            index
+            for index, group in zip(kept, groups)
+            if any(trusted[i] for i in group) or self._confirmed_close_up(image, boxes[index])
+        ]
+        if not kept:
+            return Faces.empty()
         box_array = np.asarray(boxes, np.float32)[kept]
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
         landmarks = np.stack([self.fit_mesh(image, box) for box in box_array])
-        faces = Faces(box_array, np.asarray(scores, np.float32)[kept], landmarks)
-        keep = np.ones(len(faces), bool)
-        for index, group in enumerate(groups):
-            if any(trusted[i] for i in group) or self._confirmed_close_up(image, box_array[index]):
-                continue
-            if faces.has_mesh()[index]:
-                faces.landmarks[index] = np.nan  # doubtful: covered as a region, never given a new face
-            else:
-                keep[index] = False
-        return faces.select(keep)
+        return Faces(box_array, np.asarray(scores, np.float32)[kept], landmarks)
 
     def _confirmed_close_up(self, image: np.ndarray, box: np.ndarray) -> bool:
         """A second opinion on a low-score tile detection: the full-range detector, run on a

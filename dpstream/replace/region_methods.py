@@ -9,7 +9,7 @@ import numpy as np
 
 from dpstream.privacy import laplace_noise, snap_to_grid
 from dpstream.regions import FaceRegion, face_region, paste
-from dpstream.replace.fallback import apply_fallback
+from dpstream.replace.fallback import apply_fallback, heavy_blur
 from dpstream.types import Faces, ReplacedFrame, VideoFrame
 
 
@@ -17,16 +17,14 @@ class RegionReplacer(ABC):
     """Rewrites the pixels of each face region; a face that fails gets the fallback."""
 
     name: str
-    context = 0.0
-    """How far (fraction of the region's size) ``fill`` sees beyond the region on each side."""
 
     def __init__(self, margin: float):
         self.margin = margin
         self.fallbacks = 0
 
     @abstractmethod
-    def fill(self, pixels: np.ndarray, region: FaceRegion) -> np.ndarray:
-        """New pixels for the region's rectangle (only the masked part is used)."""
+    def fill(self, image: np.ndarray, region: FaceRegion) -> np.ndarray:
+        """New pixels for the region's rectangle of ``image`` (only the masked part is used)."""
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
         image = frame.image
@@ -36,19 +34,11 @@ class RegionReplacer(ABC):
             if region is None:
                 continue
             try:
-                paste(image, region, self._fill_with_context(image, region))
+                paste(image, region, self.fill(image, region))
             except Exception:  # fail closed: whatever went wrong, the face is still covered
                 fallbacks += apply_fallback(image, faces.select(np.array([index])))
         self.fallbacks += fallbacks
         return ReplacedFrame(frame, faces, fallbacks)
-
-    def _fill_with_context(self, image: np.ndarray, region: FaceRegion) -> np.ndarray:
-        grow = int(self.context * region.size)
-        height, width = image.shape[:2]
-        x0, y0 = max(region.x0 - grow, 0), max(region.y0 - grow, 0)
-        x1, y1 = min(region.x1 + grow, width), min(region.y1 + grow, height)
-        filled = self.fill(image[y0:y1, x0:x1], region)
-        return filled[region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0]
 
     def summary(self) -> dict:
         return {"method": self.name, "fallbacks": self.fallbacks}
@@ -61,21 +51,12 @@ class RegionReplacer(ABC):
 
 
 class Blur(RegionReplacer):
-    """A strong Gaussian blur that also mixes in the surroundings (hair, background), so the
-    region is no skin-coloured oval that detectors still read as a face."""
+    """The heavy blur of the fallback, as a method of its own."""
 
     name = "blur"
-    context = 0.5
-    DETAIL_PX = 6  # the face region ends up this many pixels across before enlarging
 
-    def fill(self, pixels: np.ndarray, region: FaceRegion) -> np.ndarray:
-        height, width = pixels.shape[:2]
-        factor = self.DETAIL_PX / region.size
-        small = cv2.resize(
-            pixels, (max(2, round(width * factor)), max(2, round(height * factor))), interpolation=cv2.INTER_AREA
-        )
-        small = cv2.GaussianBlur(small, (0, 0), sigmaX=1.5, borderType=cv2.BORDER_REPLICATE)
-        return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    def fill(self, image: np.ndarray, region: FaceRegion) -> np.ndarray:
+        return heavy_blur(image, region)
 
 
 class Mosaic(RegionReplacer):
@@ -87,7 +68,8 @@ class Mosaic(RegionReplacer):
         super().__init__(margin)
         self.cells = cells
 
-    def fill(self, pixels: np.ndarray, region: FaceRegion) -> np.ndarray:
+    def fill(self, image: np.ndarray, region: FaceRegion) -> np.ndarray:
+        pixels = image[region.slices()]
         height, width = pixels.shape[:2]
         block = max(height, width) / self.cells
         small = cv2.resize(
@@ -101,8 +83,8 @@ class Solid(RegionReplacer):
 
     name = "solid"
 
-    def fill(self, pixels: np.ndarray, region: FaceRegion) -> np.ndarray:
-        return np.full_like(pixels, 128)
+    def fill(self, image: np.ndarray, region: FaceRegion) -> np.ndarray:
+        return np.full_like(image[region.slices()], 128)
 
 
 class DpPix(RegionReplacer):
@@ -121,7 +103,8 @@ class DpPix(RegionReplacer):
         self.scale = 255.0 * m / (cell * cell * epsilon)
         self.releases = 0
 
-    def fill(self, pixels: np.ndarray, region: FaceRegion) -> np.ndarray:
+    def fill(self, image: np.ndarray, region: FaceRegion) -> np.ndarray:
+        pixels = image[region.slices()]
         b = self.cell
         height, width = pixels.shape[:2]
         rows, cols = -(-height // b), -(-width // b)
