@@ -259,3 +259,20 @@ def test_real_lfw_face_round_trip(model):
     assert own_error < other_error  # the decoder reproduces the encoded identity
     to_frame = fit_similarity(model._backend.template.mean_shape, landmarks[:MESH_POINTS])
     assert to_frame.scale > 20
+
+
+def test_dp_face_replacer_renders_tracked_faces_and_falls_back_on_the_rest(model):
+    from dpstream.privacy import PrivacyConfig
+    from dpstream.replace.dp_face import DpFaceReplacer
+    from dpstream.types import Faces, VideoFrame
+
+    image, landmarks = synthetic_face(size=512, radius=50.0)
+    other = landmarks + np.float32(220.0)  # a second face, untracked
+    no_mesh = np.full_like(landmarks, np.nan)
+    boxes = np.array([[150, 150, 360, 360], [370, 370, 510, 510], [0, 0, 60, 60]], np.float32)
+    faces = Faces(boxes, np.ones(3, np.float32), np.stack([landmarks, other, no_mesh]), np.array([7, -1, 8]))
+    replacer = DpFaceReplacer(model, PrivacyConfig(epsilon=4.0), testing_seed=0)
+    result = replacer.replace(VideoFrame(image.copy(), 0), faces)
+    assert result.fallbacks == 2  # the untracked face and the face without a mesh
+    assert (result.frame.image[250:260, 250:260] != image[250:260, 250:260]).any()
+    assert replacer.summary()["faces_rendered"] == 1

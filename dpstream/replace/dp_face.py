@@ -71,4 +71,11 @@ class DpFaceReplacer:
             "provider": self.model.provider,
             "faces_rendered": self.rendered,
             "fallbacks": self.fallbacks,
+            "people": len(self.identities.ledger().people),
         }
+
+    def ledger(self) -> dict:
+        return {"method": self.name, "model": self.model.manifest.name, **self.identities.ledger().to_dict()}
+
+    def close(self) -> None:
+        self.identities.close()

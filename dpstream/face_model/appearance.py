@@ -1,0 +1,206 @@
+"""dpstream's own model: a shape-normalized appearance model (identity shape + shape-free texture).
+
+The identity vector holds whitened identity-shape modes and whitened texture modes. From the
+frame come only a similarity transform, a few pose/expression-mode coefficients and coarse
+colour statistics: the decoded face is warped onto the resulting mesh, colour-matched by a
+smooth (affine) field fitted on a band just inside the face outline, lightly sharpened, and
+drawn over two rings outside the mesh: up to the inner ring it crossfades to a heavily softened
+copy of the frame (hairline, ears and jaw edge lose their detail), and from the inner to the
+outer ring it fades into the untouched frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dpstream.face_model.alignment import MESH_POINTS, Similarity, fit_similarity, warp_vertices
+from dpstream.face_model.errors import RenderError
+from dpstream.face_model.kernels import blend_into, rasterize_canonical, sample_canonical
+from dpstream.face_model.manifest import Manifest
+from dpstream.face_model.runtime import create_session
+
+MIN_FACE_SCALE_PX = 8.0
+"""Smallest face handled: mesh RMS radius in pixels (a face about 20 px wide)."""
+MAX_FOLDED_AREA = 0.10
+"""Largest share of mesh area whose triangles flip orientation (a profile view) before refusing."""
+RASTER_MAX_PX = 224
+"""Faces larger than this are rasterized at this size and upscaled (the texture is 128 px)."""
+SHARPEN_AMOUNT = 0.6
+"""Unsharp-mask strength on the decoded texture (the linear decoder's faces are soft)."""
+SHARPEN_SIGMA_PX = 1.5
+"""Scale (canonical pixels) of the detail the unsharp mask enhances."""
+SOFTEN_SIGMA_PX = 4.0
+"""Blur (canonical pixels, ~1/30 of the face) of the frame kept in the band outside the mesh."""
+MAX_EXPRESSION_SD = 8.0
+"""Pose/expression coefficients beyond this many standard deviations mean an implausible mesh."""
+EXPRESSION_CLIP_SD = 4.0
+"""Pose/expression coefficients are limited to this many standard deviations before decoding."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppearanceTemplate:
+    """The canonical face frame shared by encoder, decoder and renderer (``template.npz``)."""
+
+    mean_shape: np.ndarray  # (468, 2) aligned shape units
+    expression_basis: np.ndarray  # (936, E) orthonormal pose/expression modes
+    expression_std: np.ndarray  # (E,)
+    canonical_vertices: np.ndarray  # (540, 2) canonical pixels of the warp vertices
+    triangles: np.ndarray  # (T, 3) int32 over the warp vertices
+    pixel_triangle: np.ndarray  # (S, S) int32, -1 outside
+    pixel_barycentric: np.ndarray  # (S, S, 3) float32
+    alpha: np.ndarray  # (S, S) float32 feathered blend mask
+    decoded_weight: np.ndarray  # (S, S, 1) float32: decoded face vs softened frame in the outer band
+    hull_mask: np.ndarray  # (S, S) float32: 1 where the warp covers the canonical grid
+    band_pixels: np.ndarray  # (B,) flat indices of the colour-matching band
+    colour_design: np.ndarray  # (S*S, 3) [1, u, v] per canonical pixel for the colour field
+    mesh_triangle_areas: np.ndarray  # (M,) signed canonical areas of triangles inside the mesh
+    mesh_triangles: np.ndarray  # (M, 3)
+
+    @classmethod
+    def load(cls, path: Path) -> AppearanceTemplate:
+        data = np.load(path)
+        size = data["pixel_triangle"].shape[0]
+        grid = (np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2) / (size - 1)) * 2 - 1
+        triangles = data["triangles"].astype(np.int32)
+        mesh_triangles = triangles[(triangles < MESH_POINTS).all(1)]
+        return cls(
+            mean_shape=data["mean_shape"].astype(np.float64),
+            expression_basis=data["expression_basis"].astype(np.float64),
+            expression_std=data["expression_std"].astype(np.float64),
+            canonical_vertices=np.ascontiguousarray(data["canonical_vertices"], np.float64),
+            triangles=triangles,
+            pixel_triangle=data["pixel_triangle"].astype(np.int32),
+            pixel_barycentric=data["pixel_barycentric"].astype(np.float32),
+            alpha=data["alpha"].astype(np.float32),
+            decoded_weight=data["decoded_weight"][..., None].astype(np.float32),
+            hull_mask=(data["pixel_triangle"] >= 0).astype(np.float32),
+            band_pixels=np.flatnonzero(data["colour_band"].reshape(-1) > 0),
+            colour_design=np.hstack([np.ones((len(grid), 1)), grid]).astype(np.float32),
+            mesh_triangle_areas=signed_areas(data["canonical_vertices"].astype(np.float64), mesh_triangles),
+            mesh_triangles=mesh_triangles,
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.pixel_triangle.shape[0])
+
+
+def signed_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
+    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+
+def fit_colour_field(difference: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Robust per-channel affine fit (3, 3) of ``difference`` (B, 3) over ``design`` (B, 3)."""
+    weights = np.ones(len(difference), np.float32)
+    for _ in range(3):
+        weighted = design * weights[:, None]
+        coefficients = np.linalg.solve(weighted.T @ design + 1e-3 * np.eye(3), weighted.T @ difference)
+        residual = np.linalg.norm(difference - design @ coefficients, axis=1)
+        weights = 1.0 / (1.0 + (residual / (2.0 * np.median(residual) + 1e-6)) ** 2)
+    return coefficients
+
+
+class AppearanceModel:
+    """Encoder/decoder sessions plus the template; one instance serves many faces."""
+
+    def __init__(self, manifest: Manifest, threads: int = 2):
+        self.manifest = manifest
+        self.template = AppearanceTemplate.load(manifest.template_path)
+        self.encoder = create_session(manifest.encoder.path, threads)
+        self.decoder = create_session(manifest.decoder.path, threads)
+
+    def _pose(self, landmarks: np.ndarray) -> Similarity:
+        """Similarity mapping aligned shape units onto this face, after sanity checks."""
+        mesh = np.asarray(landmarks, np.float64)[:MESH_POINTS]
+        if mesh.shape != (MESH_POINTS, 2) or not np.isfinite(mesh).all():
+            raise RenderError("no usable face mesh")
+        to_frame = fit_similarity(self.template.mean_shape, mesh)
+        if to_frame.scale < MIN_FACE_SCALE_PX:
+            raise RenderError(f"face too small ({to_frame.scale:.1f} px mesh radius)")
+        frame_areas = signed_areas(mesh, self.template.mesh_triangles)  # similarities keep orientation
+        folded = np.abs(frame_areas[np.sign(frame_areas) != np.sign(self.template.mesh_triangle_areas)]).sum()
+        if folded > MAX_FOLDED_AREA * np.abs(frame_areas).sum():
+            raise RenderError("extreme pose (mesh folds over)")
+        return to_frame
+
+    def _texture(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """(S, S, 3) float32 shape-free texture of the face at ``landmarks``."""
+        t = self.template
+        return sample_canonical(image_rgb, warp_vertices(landmarks), t.triangles, t.pixel_triangle, t.pixel_barycentric)
+
+    def encode(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """Raw (unclipped) identity vector of the face."""
+        to_frame = self._pose(landmarks)
+        aligned = to_frame.inverse().apply(np.asarray(landmarks, np.float64)[:MESH_POINTS])
+        texture = self._texture(image_rgb, landmarks).transpose(2, 0, 1)[None]
+        (identity,) = self.encoder.run(
+            None, {"texture": np.ascontiguousarray(texture), "shape": aligned[None].astype(np.float32)}
+        )
+        return identity[0].astype(np.float64)
+
+    def decode(self, identity: np.ndarray, expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(S, S, 3) float32 canonical texture and (468, 2) canonical shape for a code."""
+        texture, shape = self.decoder.run(
+            None,
+            {
+                "identity": np.asarray(identity, np.float32).reshape(1, -1),
+                "expression": np.asarray(expression, np.float32).reshape(1, -1),
+            },
+        )
+        return np.ascontiguousarray(texture[0].transpose(1, 2, 0)), shape[0].astype(np.float64)
+
+    def expression_code(self, landmarks: np.ndarray, to_frame: Similarity) -> np.ndarray:
+        """This frame's pose/expression coefficients (the only shape information taken from it)."""
+        t = self.template
+        aligned = to_frame.inverse().apply(np.asarray(landmarks, np.float64)[:MESH_POINTS])
+        code = (aligned - t.mean_shape).reshape(-1) @ t.expression_basis
+        if np.abs(code / t.expression_std).max() > MAX_EXPRESSION_SD:
+            raise RenderError("implausible pose/expression")
+        limit = EXPRESSION_CLIP_SD * t.expression_std
+        return np.clip(code, -limit, limit)
+
+    def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None:
+        """Decode ``identity`` with this frame's pose/expression and blend it into the image in place."""
+        t = self.template
+        to_frame = self._pose(landmarks)
+        texture, shape = self.decode(identity, self.expression_code(landmarks, to_frame))
+        # colour: a smooth field matching the decoded skin to the frame along the face outline
+        original = self._texture(image_rgb, landmarks)
+        decoded = texture.reshape(-1, 3)
+        band = t.band_pixels
+        difference = original.reshape(-1, 3)[band] - decoded[band]
+        coefficients = fit_colour_field(difference, t.colour_design[band]).astype(np.float32)
+        texture = (decoded + t.colour_design @ coefficients).reshape(t.size, t.size, 3)
+        if SHARPEN_AMOUNT > 0:
+            texture += SHARPEN_AMOUNT * (texture - cv2.GaussianBlur(texture, (0, 0), SHARPEN_SIGMA_PX))
+        # outside the mesh: the frame, heavily softened, so hair/ear/outline detail does not survive
+        softened = cv2.GaussianBlur(original, (0, 0), SOFTEN_SIGMA_PX) / np.maximum(
+            cv2.GaussianBlur(t.hull_mask, (0, 0), SOFTEN_SIGMA_PX), 1e-3
+        )[..., None]
+        texture = t.decoded_weight * texture + (1.0 - t.decoded_weight) * softened
+        texture_alpha = np.ascontiguousarray(np.dstack([np.clip(texture, 0, 255), t.alpha]), np.float32)
+
+        vertices = warp_vertices(to_frame.apply(shape))
+        height, width = image_rgb.shape[:2]
+        x0, y0 = np.floor(vertices.min(0)).astype(int)
+        x1, y1 = np.ceil(vertices.max(0)).astype(int) + 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if x1 <= x0 or y1 <= y0:
+            raise RenderError("face outside the image")
+        box_width, box_height = x1 - x0, y1 - y0
+        # the texture has ~S pixels across the region: rasterizing finer only costs time
+        scale = min(1.0, RASTER_MAX_PX / max(box_width, box_height))
+        small_width, small_height = max(int(np.ceil(box_width * scale)), 1), max(int(np.ceil(box_height * scale)), 1)
+        small_vertices = (vertices - (x0, y0)) * scale
+        colour, coverage = rasterize_canonical(
+            small_vertices, t.canonical_vertices, t.triangles, texture_alpha, 0.0, 0.0, small_width, small_height
+        )
+        if scale < 1.0:
+            colour = cv2.resize(colour, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
+            coverage = cv2.resize(coverage, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
+        blend_into(image_rgb, colour, coverage, x0, y0)

@@ -1,0 +1,154 @@
+"""Contact sheets of the DP face model: original | anonymized, for shared videos and LFW eval faces.
+
+    python tools/contact_sheet.py            # ~1 min on 2 cores
+
+Writes ``benchmarks/results/face_model_videos.png`` (two frames from each shared clip, faces
+found by the pipeline's own ``FaceFinder``: the frame before/after, then each face zoomed,
+before/after) and ``benchmarks/results/face_model_lfw.png``
+(LFW eval faces: original | ε = 4 | ε = ∞ | mean identity). Each face gets one noisy identity
+(analytic Gaussian, δ = 1e-5, fixed seed, then the model's post-processing) per clip, as the
+pipeline draws one per person; faces that cannot be rendered get a red cross.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dpstream.face_finder import FaceFinder  # noqa: E402
+from dpstream.face_model import FaceModel, RenderError  # noqa: E402
+from dpstream.privacy.analytic import analytic_gaussian_sigma  # noqa: E402
+from dpstream.types import VideoFrame  # noqa: E402
+from tools.prepare_lfw import LANDMARKS_PATH, REPO_ROOT, shared_dir  # noqa: E402
+
+CLIPS = (
+    "talking_720p_s18.mp4",
+    "portrait_720x1280_d13.mp4",
+    "closeup_512_d3.mp4",
+    "multiface_640x360_hamilton.mp4",
+    "headpose_2people_480x270.mp4",
+    "walking_3people_480x270.mp4",
+    "asl_thanks_640x480.mkv",
+)
+FRAME_FRACTIONS = (0.3, 0.75)
+TILE_HEIGHT = 240
+FRAME_HEIGHT = 240
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def read_frames(path: Path, fractions: tuple[float, ...]) -> list[np.ndarray]:
+    """RGB frames at the given fractions of the clip's frame count."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return [frames[min(int(f * len(frames)), len(frames) - 1)] for f in fractions]
+
+
+def noisy_identity(model: FaceModel, identity: np.ndarray, epsilon: float, rng) -> np.ndarray:
+    sigma = 0.0 if math.isinf(epsilon) else analytic_gaussian_sigma(epsilon, 1e-5, 2 * model.clip_norm)
+    return model.post_process(identity + rng.normal(0.0, sigma, model.dim))
+
+
+def render_or_mark(model: FaceModel, image: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None:
+    try:
+        model.render(image, landmarks, identity)
+    except RenderError:
+        x0, y0 = np.nanmin(landmarks, 0).astype(int)
+        x1, y1 = np.nanmax(landmarks, 0).astype(int)
+        cv2.line(image, (x0, y0), (x1, y1), (255, 0, 0), 3)
+        cv2.line(image, (x0, y1), (x1, y0), (255, 0, 0), 3)
+
+
+def face_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """A (TILE_HEIGHT, TILE_HEIGHT) view of the face and its surroundings."""
+    centre = (landmarks.min(0) + landmarks.max(0)) / 2
+    half = max(float((landmarks.max(0) - landmarks.min(0)).max()) * 0.9, 8.0)
+    to_tile = np.array([[TILE_HEIGHT / (2 * half), 0, 0], [0, TILE_HEIGHT / (2 * half), 0]])
+    to_tile[:, 2] = TILE_HEIGHT / 2 - to_tile[:, :2] @ centre
+    return cv2.warpAffine(image, to_tile, (TILE_HEIGHT, TILE_HEIGHT), flags=cv2.INTER_AREA, borderValue=(255, 255, 255))
+
+
+def fit_height(image: np.ndarray, height: int = TILE_HEIGHT) -> np.ndarray:
+    return cv2.resize(image, (round(image.shape[1] * height / image.shape[0]), height), interpolation=cv2.INTER_AREA)
+
+
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    width = max(r.shape[1] for r in rows)
+    return np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
+def video_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
+    finder = FaceFinder()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for clip in CLIPS:
+        frames = read_frames(shared_dir() / "data" / "videos" / clip, FRAME_FRACTIONS)
+        people: list[tuple[np.ndarray, np.ndarray]] = []  # (face centre, noisy identity) in this clip
+        for index, image in enumerate(frames):
+            faces = finder.find(VideoFrame(image.copy(), index))
+            anonymized = image.copy()
+            plans = []
+            for landmarks in faces.landmarks[faces.has_mesh()]:
+                centre = landmarks.mean(0)
+                nearest = min(people, key=lambda p: np.linalg.norm(p[0] - centre), default=None)
+                if nearest is None or np.linalg.norm(nearest[0] - centre) > 0.25 * image.shape[1]:
+                    try:
+                        identity = noisy_identity(model, model.encode(image, landmarks), epsilon, rng)
+                    except RenderError:
+                        identity = np.zeros(model.dim)
+                    nearest = (centre, identity)
+                    people.append(nearest)
+                plans.append((landmarks, nearest[1]))
+            for landmarks, identity in plans:
+                render_or_mark(model, anonymized, landmarks, identity)
+            tiles = [fit_height(image, FRAME_HEIGHT), fit_height(anonymized, FRAME_HEIGHT)]
+            for landmarks, _ in plans:
+                tiles += [face_crop(image, landmarks), face_crop(anonymized, landmarks)]
+            rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles]))
+    finder.close()
+    return stack_rows(rows)
+
+
+def lfw_sheet(model: FaceModel, epsilon: float, seed: int, count: int = 12) -> np.ndarray:
+    cache = dict(np.load(LANDMARKS_PATH))
+    usable = (cache["splits"] == "eval") & ~np.isnan(cache["landmarks"]).any(axis=(1, 2))
+    rows_index = np.random.default_rng(seed).choice(np.flatnonzero(usable), count, replace=False)
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for row in rows_index:
+        image = cv2.cvtColor(cv2.imread(str(shared_dir() / "data" / "lfw" / cache["paths"][row])), cv2.COLOR_BGR2RGB)
+        landmarks = cache["landmarks"][row]
+        identity = model.encode(image, landmarks)
+        variants = [image]
+        for code in (noisy_identity(model, identity, epsilon, rng), model.post_process(identity), np.zeros(model.dim)):
+            variant = image.copy()
+            render_or_mark(model, variant, landmarks, code)
+            variants.append(variant)
+        tiles.append(np.hstack([v[25:225, 25:225] for v in variants]))
+    half = (len(tiles) + 1) // 2
+    return np.hstack([np.vstack(tiles[:half]), np.full((200 * half, 8, 3), 255, np.uint8), np.vstack(tiles[half:])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epsilon", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--manifest", default=None)
+    args = parser.parse_args()
+    model = FaceModel.load(args.manifest)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for name, sheet in (("face_model_lfw.png", lfw_sheet(model, args.epsilon, args.seed)),
+                        ("face_model_videos.png", video_sheet(model, args.epsilon, args.seed))):  # fmt: skip
+        cv2.imwrite(str(RESULTS_DIR / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        print(RESULTS_DIR / name)
+
+
+if __name__ == "__main__":
+    main()
