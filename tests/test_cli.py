@@ -139,3 +139,12 @@ def test_anonymize_multiface_video_end_to_end(tmp_path):
         assert container.streams.video[0].codec_context.name == "h264"
         assert sum(1 for _ in container.decode(video=0)) == 275
     assert audio_digest(output) == audio_digest(source)
+
+
+@requires_shared
+def test_bad_model_manifest_is_named(tmp_path):
+    manifest = tmp_path / "model.yaml"
+    manifest.write_text("kind: gan\n")
+    result = run_cli("anonymize", VIDEOS / "walking_3people_480x270.mp4", "-o", tmp_path / "o.mp4", "--model", manifest)
+    assert_clean_error(result, 2, f"{manifest}: model manifest: 'kind' must be one of")
+    assert not (tmp_path / "o.mp4").exists()

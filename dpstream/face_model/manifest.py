@@ -176,6 +176,13 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
         raise ManifestError(f"model manifest {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"model manifest {path} must be a mapping")
+    try:
+        return _parse_manifest(raw, path)
+    except ManifestError as error:
+        raise ManifestError(f"{path}: {error}") from None
+
+
+def _parse_manifest(raw: dict, path: Path) -> Manifest:
     if raw.get("format", FORMAT) != FORMAT:
         raise ManifestError(f"model manifest: 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
     kind = str(_require(raw, "kind", ""))
