@@ -109,7 +109,7 @@ def _print_summary(summary, config: Config) -> None:
     if summary.interrupted:
         lines.append(f"interrupted: output finalized after {summary.frames} frames")
     people = summary.method_figures.get("people")
-    people_text = f", {people} people" if people is not None else ""
+    people_text = f", {people} {'person' if people == 1 else 'people'}" if people is not None else ""
     lines.append(
         f"{summary.frames} frames, {summary.faces} faces{people_text}, {summary.fallbacks} fallbacks, "
         f"{summary.seconds:.1f} s ({summary.fps:.1f} frames/s), method {summary.method} -> {summary.output}"

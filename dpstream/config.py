@@ -7,7 +7,7 @@ Every key is documented in ``configs/default.yaml``. Unknown keys and bad values
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,6 @@ class Config:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         _check_known(overrides, "option")
         return replace(self, **{k: _coerce(k, v) for k, v in overrides.items()})
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:

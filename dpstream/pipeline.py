@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -81,7 +83,7 @@ def anonymize(
     ``on_frame(result, summary)`` is called after each frame (e.g. for a progress bar).
     Ctrl-C stops early and still finalizes a playable output (``summary.interrupted``).
     """
-    run_config = config.with_overrides(**options) if isinstance(config, Config) else load_config(config, **options)
+    run_config = _resolve_config(config, options)
     input_path, output_path = Path(input), Path(output)
     source = open_source(input_path)
     try:
@@ -92,10 +94,15 @@ def anonymize(
     summary = RunSummary(str(input_path), str(output_path), run_config.method, expected_frames=source.report.expected_frames)
     try:
         anonymizer = Anonymizer(run_config, independent_frames=isinstance(source, ImageFolderSource))
-        sink = _open_sink(source, output_path, run_config)
-        started = time.perf_counter()
         try:
-            for frame in source.frames():
+            sink = _open_sink(source, output_path, run_config)
+        except OutputError:
+            anonymizer.close()
+            raise
+        started = time.perf_counter()
+        stop = StopRequest()
+        try:
+            for frame in stop.guard(source.frames()):
                 sink.write_audio(source.drain_audio())
                 result = anonymizer.process(frame)
                 sink.write(result.frame)
@@ -108,6 +115,7 @@ def anonymize(
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            summary.interrupted = summary.interrupted or stop.requested
             sink.close()
             summary.seconds = time.perf_counter() - started
             ledger = anonymizer.replacer.ledger()
@@ -128,7 +136,7 @@ def anonymize_frames(
 
     The caller's arrays are not modified. Frames are treated as one video (tracked across).
     """
-    run_config = config.with_overrides(**options) if isinstance(config, Config) else load_config(config, **options)
+    run_config = _resolve_config(config, options)
     anonymizer = Anonymizer(run_config)
     try:
         for index, item in enumerate(frames):
@@ -137,6 +145,40 @@ def anonymize_frames(
             yield anonymizer.process(frame).frame.image
     finally:
         anonymizer.close()
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM during a run ask it to stop after the current frame, so the output is
+    finalized; a second Ctrl-C interrupts at once. A flag rather than an exception: an exception
+    raised while native code calls back into Python can be swallowed there."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def guard(self, frames: Iterable[VideoFrame]) -> Iterator[VideoFrame]:
+        """Yield ``frames`` until a stop is requested (signal handlers only in the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield from frames
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for frame in frames:
+                yield frame
+                if self.requested:
+                    return
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _resolve_config(config: str | Path | Config | None, options: dict) -> Config:
+    """A Config object, a YAML path or None (defaults), with ``options`` applied on top."""
+    return config.with_overrides(**options) if isinstance(config, Config) else load_config(config, **options)
 
 
 def _check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:

@@ -47,7 +47,6 @@ class VideoSink:
             raise OutputError(f"{self.path}: cannot set up the output streams ({error})") from None
         self.container.metadata.update(source.container.metadata)
         self.rotation = info.rotation
-        self.frames_written = 0
 
     def _add_video_stream(
         self, info: VideoInfo, source: VideoSource, codec: str, crf: int, preset: str
@@ -83,7 +82,6 @@ class VideoSink:
                 self.container.mux(packet)
         except av.error.FFmpegError as error:
             raise OutputError(f"{self.path}: encoding failed ({error})") from None
-        self.frames_written += 1
 
     def write_audio(self, packets: list[av.Packet]) -> None:
         for packet in packets:
@@ -118,13 +116,11 @@ class ImageFolderSink:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OutputError(f"{self.path}: cannot create output folder ({error.strerror})") from None
-        self.frames_written = 0
 
     def write(self, frame: VideoFrame) -> None:
         target = self.path / (frame.name or f"{frame.index:06d}.png")
         if not cv2.imwrite(str(target), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)):
             raise OutputError(f"{target}: cannot write image")
-        self.frames_written += 1
 
     def write_audio(self, packets: list[av.Packet]) -> None:
         pass

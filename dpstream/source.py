@@ -38,10 +38,6 @@ class DecodeReport:
     frames_decoded: int
     expected_frames: int | None
 
-    @property
-    def damaged(self) -> bool:
-        return bool(self.errors)
-
 
 class VideoSource:
     """Demuxes a video file: yields upright RGB frames, queues audio packets for copying.

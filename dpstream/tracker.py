@@ -68,10 +68,6 @@ class Tracker:
         )
         return Faces.concatenate([faces, held_faces])
 
-    def active_ids(self) -> list[int]:
-        """Ids of tracks still alive (seen recently), including those missed this frame."""
-        return [t.track_id for t in self.tracks]
-
     def reset(self) -> None:
         """Forget all tracks (e.g. between unrelated images); ids keep counting up."""
         self.tracks = []

@@ -31,14 +31,6 @@ class VideoFrame:
             return float(self.index)
         return float(self.pts * self.time_base)
 
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
-
 
 @dataclass(slots=True)
 class Faces:

@@ -107,7 +107,8 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 @requires_shared
-def test_ctrl_c_finalizes_a_playable_output(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_finalizes_a_playable_output(tmp_path, stop_signal):
     output = tmp_path / "o.mp4"
     process = subprocess.Popen(
         [sys.executable, "-m", "dpstream", "anonymize", str(VIDEOS / "portrait_720x1280_d13.mp4"), "-o", str(output), "--method", "blur"],
@@ -117,7 +118,7 @@ def test_ctrl_c_finalizes_a_playable_output(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (output.exists() and output.stat().st_size > 50_000):
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
