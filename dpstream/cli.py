@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from dpstream.config import METHODS, Config, load_config
+from dpstream.config import METHODS, load_config
 from dpstream.errors import DpstreamError
 
 EXIT_OK = 0
@@ -76,7 +76,7 @@ def _anonymize(args: argparse.Namespace) -> int:
         summary = anonymize(args.input, args.output, config=config, overwrite=args.overwrite, on_frame=progress.update)
     finally:
         progress.close()
-    _print_summary(summary, config)
+    _print_summary(summary)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INPUT_DAMAGED if summary.input_errors else EXIT_OK
@@ -104,7 +104,7 @@ class ProgressBar:
             self.bar.close()
 
 
-def _print_summary(summary, config: Config) -> None:
+def _print_summary(summary) -> None:
     lines = []
     if summary.interrupted:
         lines.append(f"interrupted: output finalized after {summary.frames} frames")

@@ -40,7 +40,6 @@ class FaceFinder:
     """
 
     def __init__(self, min_score: float = 0.5, tile_levels: tuple[int, ...] = (1, 2)):
-        self.min_score = min_score
         self.tile_levels = tile_levels
         with native_stderr_silenced():
             self._full_range = mp.solutions.face_detection.FaceDetection(
@@ -87,22 +86,16 @@ class FaceFinder:
     def _confirmed_close_up(self, image: np.ndarray, box: np.ndarray) -> bool:
         """A second opinion on a low-score tile detection: the full-range detector, run on a
         crop where the face is large, must also see a face there."""
-        x0, y0, x1, y1 = box
-        side = max(x1 - x0, y1 - y0) * CONFIRM_CROP_SCALE
-        left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
-        crop = _crop_with_padding(image, left, top, max(int(round(side)), 8))
+        crop, left, top = _square_crop(image, box, CONFIRM_CROP_SCALE)
         found, _ = _detect(self._full_range, crop, 0, 0)
+        x0, y0, x1, y1 = box
         center = ((x0 + x1) / 2 - left, (y0 + y1) / 2 - top)
         return any(bx0 <= center[0] <= bx1 and by0 <= center[1] <= by1 for bx0, by0, bx1, by1 in found)
 
     def fit_mesh(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """(478, 2) landmarks in frame pixels for the face in ``box``; NaN if the mesh fails."""
-        x0, y0, x1, y1 = box
-        side = max(x1 - x0, y1 - y0) * MESH_CROP_SCALE
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-        size = max(int(round(side)), 8)
-        crop = _crop_with_padding(image, left, top, size)
+        crop, left, top = _square_crop(image, box, MESH_CROP_SCALE)
+        size = crop.shape[0]
         scale = 1.0
         if size < MESH_CROP_MIN_SIDE:
             scale = MESH_CROP_MIN_SIDE / size
@@ -185,12 +178,17 @@ def merge_duplicates(boxes: np.ndarray, scores: np.ndarray) -> tuple[list[int], 
     return kept, groups
 
 
-def _crop_with_padding(image: np.ndarray, left: int, top: int, size: int) -> np.ndarray:
-    """A size×size crop at (left, top); parts outside the image are black."""
+def _square_crop(image: np.ndarray, box: np.ndarray, scale: float) -> tuple[np.ndarray, int, int]:
+    """A square crop ``scale`` times the box's larger side, centred on the box, and its
+    top-left corner in the frame; parts outside the image are black."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * scale
+    left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
+    size = max(int(round(side)), 8)
     height, width = image.shape[:2]
     crop = np.zeros((size, size, 3), np.uint8)
     sx0, sy0 = max(left, 0), max(top, 0)
     sx1, sy1 = min(left + size, width), min(top + size, height)
     if sx1 > sx0 and sy1 > sy0:
         crop[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
-    return crop
+    return crop, left, top

@@ -8,8 +8,6 @@ encoded or rendered gets the fail-closed fallback.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import numpy as np
 
 from dpstream.config import Config
@@ -33,8 +31,7 @@ class DpFaceReplacer:
 
     @classmethod
     def from_config(cls, config: Config) -> DpFaceReplacer:
-        privacy = PrivacyConfig(**{f.name: getattr(config, f.name) for f in fields(PrivacyConfig)})
-        return cls(FaceModel.load(config.model), privacy)
+        return cls(FaceModel.load(config.model), config.privacy)
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
         image = frame.image
