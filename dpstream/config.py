@@ -7,6 +7,7 @@ Every key is documented in ``configs/default.yaml``. Unknown keys and bad values
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from dpstream.errors import ConfigError
 from dpstream.privacy import PrivacyConfig
 
 METHODS = ("dp", "blur", "mosaic", "solid", "dp-pix")
+TRANSPORTS = ("tcp", "udp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,10 @@ class Config:
     min_face_score: float = 0.5
     face_margin: float = 0.35
     detect_tiles: tuple[int, ...] = (1, 2)
+    # tracking
+    detect_every: int = 5
+    lookahead_frames: int = 8
+    hold_seconds: float = 0.25
     # baselines
     mosaic_cells: int = 5
     dppix_cell: int = 16
@@ -46,6 +52,19 @@ class Config:
     codec: str = "libx264"
     crf: int = 20
     preset: str = "veryfast"
+    # live streams (dpstream webcam / relay)
+    live_queue: int = 2
+    live_gop: int = 30
+    live_tune: str | None = "zerolatency"
+    transport: str = "tcp"
+    io_timeout: float = 5.0
+    listen: bool = False
+    reconnect_delay: float = 0.5
+    reconnect_max_delay: float = 10.0
+    reconnect_jitter: float = 0.3
+    capture_size: str | None = None
+    capture_fps: float | None = None
+    capture_pixel_format: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -56,6 +75,14 @@ class Config:
             isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 8 for n in self.detect_tiles
         ):
             raise ConfigError(f"detect_tiles: must be a list of integers 1..8, got {self.detect_tiles!r}")
+        _check_int("detect_every", self.detect_every, low=1, high=60)
+        _check_int("lookahead_frames", self.lookahead_frames, low=0, high=300)
+        if self.lookahead_frames < self.detect_every - 1:
+            raise ConfigError(
+                f"lookahead_frames: must be at least detect_every - 1 = {self.detect_every - 1} (a face first "
+                f"detected on a key frame is covered back to the previous key frame), got {self.lookahead_frames}"
+            )
+        _check_number("hold_seconds", self.hold_seconds, low=0.0, high=10.0)
         _check_int("mosaic_cells", self.mosaic_cells, low=2)
         _check_int("dppix_cell", self.dppix_cell, low=1)
         _check_int("dppix_m", self.dppix_m, low=1)
@@ -67,6 +94,28 @@ class Config:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{key}: must be a path string or null, got {value!r}")
+        self._check_live()
+
+    def _check_live(self) -> None:
+        _check_int("live_queue", self.live_queue, low=1, high=1000)
+        _check_int("live_gop", self.live_gop, low=1)
+        _check_choice("transport", self.transport, TRANSPORTS)
+        _check_number("io_timeout", self.io_timeout, low=0.0, low_open=True)
+        if not isinstance(self.listen, bool):
+            raise ConfigError(f"listen: must be true or false, got {self.listen!r}")
+        _check_number("reconnect_delay", self.reconnect_delay, low=0.0, low_open=True)
+        _check_number("reconnect_max_delay", self.reconnect_max_delay, low=self.reconnect_delay)
+        _check_number("reconnect_jitter", self.reconnect_jitter, low=0.0, high=1.0)
+        if self.capture_size is not None and not (
+            isinstance(self.capture_size, str) and re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", self.capture_size)
+        ):
+            raise ConfigError(f"capture_size: must be WIDTHxHEIGHT such as 1280x720, or null, got {self.capture_size!r}")
+        if self.capture_fps is not None:
+            _check_number("capture_fps", self.capture_fps, low=0.0, low_open=True)
+        for key in ("live_tune", "capture_pixel_format"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{key}: must be a non-empty string or null, got {value!r}")
 
     @property
     def privacy(self) -> PrivacyConfig:

@@ -58,7 +58,13 @@ class FaceFinder:
         self._mesh_logged_setup = False  # the mesh logs once more on its first real face
 
     def find(self, frame: VideoFrame) -> Faces:
-        image = frame.image
+        """Every face of the frame, with detection boxes and fitted meshes."""
+        boxes, scores = self.detect(frame.image)
+        landmarks = np.stack([self.fit_mesh(frame.image, box) for box in boxes]) if len(boxes) else None
+        return Faces(boxes, scores, landmarks) if landmarks is not None else Faces.empty()
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) boxes clipped to the image and (N,) scores of every face found."""
         height, width = image.shape[:2]
         boxes, scores = _detect(self._full_range, image, 0, 0)
         trusted = [True] * len(boxes)
@@ -68,20 +74,17 @@ class FaceFinder:
             scores += tile_scores
             trusted += [score >= TILE_TRUSTED_SCORE for score in tile_scores]
         if not boxes:
-            return Faces.empty()
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
         kept, groups = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
         kept = [
             index
             for index, group in zip(kept, groups)
             if any(trusted[i] for i in group) or self._confirmed_close_up(image, boxes[index])
         ]
-        if not kept:
-            return Faces.empty()
-        box_array = np.asarray(boxes, np.float32)[kept]
+        box_array = np.asarray(boxes, np.float32).reshape(-1, 4)[kept]
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
-        landmarks = np.stack([self.fit_mesh(image, box) for box in box_array])
-        return Faces(box_array, np.asarray(scores, np.float32)[kept], landmarks)
+        return box_array, np.asarray(scores, np.float32)[kept]
 
     def _confirmed_close_up(self, image: np.ndarray, box: np.ndarray) -> bool:
         """A second opinion on a low-score tile detection: the full-range detector, run on a

@@ -1,4 +1,4 @@
-"""Assembles the stages: source → face finder → tracker → replacer → sink."""
+"""Assembles the stages: source → face finding and tracking (→ look-ahead) → replacer → sink."""
 
 from __future__ import annotations
 
@@ -7,43 +7,71 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from dpstream.background import BackgroundCalls, Prefetch
 from dpstream.config import Config, load_config
 from dpstream.errors import OutputError
 from dpstream.face_finder import FaceFinder
+from dpstream.face_tracking import FaceTracking
+from dpstream.lookahead import LookAhead
 from dpstream.privacy import default_ledger_path, write_ledger
 from dpstream.replace import make_replacer
 from dpstream.sink import ImageFolderSink, VideoSink
 from dpstream.source import ImageFolderSource, VideoSource, open_source
 from dpstream.tracker import Tracker
-from dpstream.types import ReplacedFrame, VideoFrame
+from dpstream.types import Faces, ReplacedFrame, TrackedFrame, VideoFrame
 
 
 class Anonymizer:
-    """Finds, tracks and replaces the faces of frames, one frame at a time.
+    """Finds, tracks and replaces the faces of frames.
 
+    ``process`` handles one frame at once (live streams: full detection on every frame);
+    ``tracked``/``stream`` delay frames by the look-ahead buffer, so that later frames can fill
+    gaps in earlier ones and detection can run every ``detect_every`` frames only (files).
     ``independent_frames`` (a folder of unrelated images) resets tracking for each frame.
     """
 
     def __init__(self, config: Config, independent_frames: bool = False):
         self.config = config
         self.finder = FaceFinder(min_score=config.min_face_score, tile_levels=config.detect_tiles)
-        self.tracker = Tracker()
+        # detection on every frame unless the look-ahead of ``tracked`` covers faces found late
+        self.tracking = FaceTracking(self.finder, Tracker(hold_seconds=config.hold_seconds), detect_every=1)
         self.replacer = make_replacer(config)
         self.independent_frames = independent_frames
 
     def process(self, frame: VideoFrame) -> ReplacedFrame:
-        if self.independent_frames:
-            self.tracker.reset()
-        faces = self.tracker.update(self.finder.find(frame))
-        return self.replacer.replace(frame, faces)
+        return self.replacer.replace(frame, self._faces_now(frame))
+
+    def tracked(self, frames: Iterable[VideoFrame]) -> Iterator[TrackedFrame]:
+        """``frames`` in order with their faces, each once ``lookahead_frames`` later frames have
+        been tracked (all remaining ones at the end)."""
+        if self.independent_frames or self.config.lookahead_frames == 0:
+            yield from (TrackedFrame(frame, self._faces_now(frame)) for frame in frames)
+            return
+        self.tracking.detect_every = self.config.detect_every
+        buffer = LookAhead(self.tracking, self.config.lookahead_frames, min_backfill=self.config.detect_every - 1)
+        for frame in frames:
+            yield from buffer.push(frame)
+        yield from buffer.flush()
+
+    def stream(self, frames: Iterable[VideoFrame]) -> Iterator[ReplacedFrame]:
+        """Anonymized ``frames`` in order, with look-ahead gap filling (see ``tracked``)."""
+        for item in self.tracked(frames):
+            yield self.replacer.replace(item.frame, item.faces)
 
     def close(self) -> None:
         self.finder.close()
         self.replacer.close()
+
+    def _faces_now(self, frame: VideoFrame) -> Faces:
+        """The frame's faces without look-ahead."""
+        if self.independent_frames:
+            self.tracking.reset()
+        return self.tracking.process(frame)
 
 
 @dataclass(slots=True)
@@ -101,22 +129,26 @@ def anonymize(
             raise
         started = time.perf_counter()
         stop = StopRequest()
+        reader, writer = Prefetch(source.frames()), BackgroundCalls()
         try:
-            for frame in stop.guard(source.frames()):
-                sink.write_audio(source.drain_audio())
-                result = anonymizer.process(frame)
-                sink.write(result.frame)
+            for result in anonymizer.stream(stop.guard(iter(reader))):
+                writer.submit(sink.write_audio, source.drain_audio())
+                writer.submit(sink.write, result.frame)
                 summary.frames += 1
                 summary.faces += len(result.faces)
                 summary.fallbacks += result.fallbacks
                 if on_frame is not None:
                     on_frame(result, summary)
-            sink.write_audio(source.drain_audio())
+            writer.submit(sink.write_audio, source.drain_audio())
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
             summary.interrupted = summary.interrupted or stop.requested
-            sink.close()
+            reader.close()
+            try:
+                writer.close()
+            finally:
+                sink.close()
             summary.seconds = time.perf_counter() - started
             ledger = anonymizer.replacer.ledger()
             if ledger is not None:
@@ -130,21 +162,31 @@ def anonymize(
 
 
 def anonymize_frames(
-    frames: Iterable[np.ndarray | VideoFrame], *, config: str | Path | Config | None = None, **options
+    frames: Iterable[np.ndarray | VideoFrame],
+    *,
+    config: str | Path | Config | None = None,
+    fps: float = 30.0,
+    **options,
 ) -> Iterator[np.ndarray]:
     """Anonymize frames the caller brings (RGB uint8 arrays or VideoFrames), yielding RGB arrays.
 
-    The caller's arrays are not modified. Frames are treated as one video (tracked across).
+    The caller's arrays are not modified. Frames are treated as one video (tracked across);
+    plain arrays are taken to be ``fps`` frames per second apart. Results come
+    ``lookahead_frames`` frames behind the input (all of them by its end).
     """
     run_config = _resolve_config(config, options)
     anonymizer = Anonymizer(run_config)
     try:
-        for index, item in enumerate(frames):
-            frame = item if isinstance(item, VideoFrame) else VideoFrame(image=item, index=index)
-            frame = VideoFrame(np.array(frame.image, dtype=np.uint8, copy=True), frame.index, frame.pts, frame.time_base, frame.name)
-            yield anonymizer.process(frame).frame.image
+        for result in anonymizer.stream(_own_copies(frames, Fraction(1 / fps).limit_denominator(1_000_000))):
+            yield result.frame.image
     finally:
         anonymizer.close()
+
+
+def _own_copies(frames: Iterable[np.ndarray | VideoFrame], time_base: Fraction) -> Iterator[VideoFrame]:
+    for index, item in enumerate(frames):
+        frame = item if isinstance(item, VideoFrame) else VideoFrame(item, index, index, time_base)
+        yield VideoFrame(np.array(frame.image, dtype=np.uint8, copy=True), frame.index, frame.pts, frame.time_base, frame.name)
 
 
 class StopRequest:

@@ -1,76 +1,260 @@
-"""Track ids: the same face keeps the same id from frame to frame (greedy box-overlap matching)."""
+"""Track ids, motion and landmark smoothing: one stable track per face from frame to frame.
+
+Each track has a constant-velocity Kalman filter on its box (centre and size), so it can be
+predicted into the next frame (where the mesh is re-fitted, and where a missed face is held),
+and a One-Euro filter on its 478 landmarks (steady when still, no visible lag when moving).
+Detections are associated with the tracks' predictions by box overlap and landmark geometry,
+one-to-one (Hungarian assignment).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from dpstream.types import Faces
+
+MIN_SIMILARITY = 0.25
+"""A detection joins a track only when their similarity (see ``association_similarity``) is at least this."""
+
+LANDMARK_DISTANCE_SCALE = 0.5
+"""Mean landmark distance, in face sizes, at which the landmark part of the similarity reaches 0."""
+
+
+class BoxKalman:
+    """Constant-velocity Kalman filter on (centre x, centre y, size); the box keeps its last
+    measured aspect ratio. The three axes are independent filters of (position, velocity),
+    updated in closed form; noise scales with the face size, so it works at any resolution."""
+
+    def __init__(self, box: np.ndarray, time: float):
+        center, size, self.aspect = _box_geometry(box)
+        self.position = np.array([*center, size])
+        self.velocity = np.zeros(3)
+        # per axis: variance of position, covariance, variance of velocity
+        self.p_pp = np.full(3, 0.1 * size**2)
+        self.p_pv = np.zeros(3)
+        self.p_vv = np.full(3, 1.0 * size**2)
+        self.time = time
+
+    def predicted_state(self, time: float) -> np.ndarray:
+        """(centre x, centre y, size) expected at ``time``."""
+        return self.position + self.velocity * max(time - self.time, 0.0)
+
+    def predict(self, time: float) -> None:
+        dt = max(time - self.time, 0.0)
+        # white-noise acceleration: a face changes speed by up to ~2 sizes/s within a second
+        q = (2.0 * max(self.position[2], 1.0)) ** 2
+        self.position = self.position + self.velocity * dt
+        self.p_pp = self.p_pp + 2 * dt * self.p_pv + dt * dt * self.p_vv + q * dt**3 / 3
+        self.p_pv = self.p_pv + dt * self.p_vv + q * dt**2 / 2
+        self.p_vv = self.p_vv + q * dt
+        self.time = time
+
+    def correct(self, box: np.ndarray) -> None:
+        center, size, self.aspect = _box_geometry(box)
+        innovation = np.array([*center, size]) - self.position
+        total = self.p_pp + (0.03 * size) ** 2
+        gain_p, gain_v = self.p_pp / total, self.p_pv / total
+        self.position = self.position + gain_p * innovation
+        self.velocity = self.velocity + gain_v * innovation
+        self.p_pp, self.p_pv, self.p_vv = (
+            (1 - gain_p) * self.p_pp,
+            (1 - gain_p) * self.p_pv,
+            self.p_vv - gain_v * self.p_pv,
+        )
+
+    def box(self, state: np.ndarray | None = None) -> np.ndarray:
+        cx, cy, size = self.position if state is None else state
+        size = max(size, 1.0)
+        half_w, half_h = size * math.sqrt(self.aspect) / 2, size / math.sqrt(self.aspect) / 2
+        return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], np.float32)
+
+
+class OneEuroFilter:
+    """One-Euro filter (Casiez et al. 2012) on an array of points, per point: a low-pass filter
+    whose cutoff rises with the point's speed. Speeds are in face sizes per second."""
+
+    def __init__(self, points: np.ndarray, time: float, min_cutoff: float = 1.0, beta: float = 4.0, d_cutoff: float = 1.0):
+        self.value = points.astype(np.float64)
+        self.speed = np.zeros(points.shape[:-1])
+        self.time = time
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+
+    def __call__(self, points: np.ndarray, time: float, face_size: float) -> np.ndarray:
+        dt = time - self.time
+        if dt <= 0:
+            self.value = points.astype(np.float64)
+            return self.value.astype(np.float32)
+        raw_speed = np.linalg.norm(points - self.value, axis=-1) / (dt * max(face_size, 1.0))
+        self.speed += _alpha(self.d_cutoff, dt) * (raw_speed - self.speed)
+        alpha = _alpha(self.min_cutoff + self.beta * self.speed, dt)[..., None]
+        self.value += alpha * (points - self.value)
+        self.time = time
+        return self.value.astype(np.float32)
 
 
 @dataclass(slots=True)
 class Track:
+    """One face followed over time."""
+
     track_id: int
-    box: np.ndarray
-    landmarks: np.ndarray
+    motion: BoxKalman
+    smoother: OneEuroFilter | None  # None while the face has no mesh
+    landmarks: np.ndarray  # (478, 2) smoothed; NaN without mesh
     score: float
+    last_seen: float
     missed: int = 0
+    stale: bool = False  # from before a scene cut: held, but never matched again
+    center_at_seen: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    size_at_seen: float = 1.0
+
+    def predicted_face(self, time: float) -> tuple[np.ndarray, np.ndarray]:
+        """Box and landmarks where the face is expected at ``time`` (landmarks moved and
+        scaled with the box)."""
+        state = self.motion.predicted_state(time)
+        box = self.motion.box(state)
+        scale = max(state[2], 1.0) / self.size_at_seen
+        landmarks = (self.landmarks - self.center_at_seen) * scale + state[:2]
+        return box, landmarks.astype(np.float32)
 
 
 class Tracker:
-    """Greedy IoU association; a track survives ``max_missed`` frames without a detection.
+    """Associates each frame's faces with tracks and returns them smoothed, with track ids.
 
-    Fail-closed hold: while a track survives a missed detection, its last known face is
-    returned with the frame's faces, so a face the detector drops for a frame or two is
-    still anonymized where it was last seen.
+    Faces may arrive with their track id already set (the mesh was re-fitted at the track's
+    predicted place); the others are matched to tracks. A track whose face is not seen is
+    held at its predicted place for ``hold_seconds`` (fail closed: a face the detector drops
+    for a moment is still anonymized), then ends.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5):
-        self.iou_threshold = iou_threshold
-        self.max_missed = max_missed
+    def __init__(self, hold_seconds: float = 0.25):
+        self.hold_seconds = hold_seconds
         self.tracks: list[Track] = []
         self._next_id = 0
 
-    def update(self, faces: Faces) -> Faces:
-        """The frame's faces with track ids set, plus the held faces of tracks missed here."""
-        overlaps = box_iou(faces.boxes, np.array([t.box for t in self.tracks]).reshape(-1, 4))
-        ids = np.full(len(faces), -1, np.int64)
-        matched_tracks: set[int] = set()
-        for flat in np.argsort(-overlaps, axis=None):
-            face, track = np.unravel_index(flat, overlaps.shape)
-            if overlaps[face, track] < self.iou_threshold:
-                break
-            if ids[face] >= 0 or track in matched_tracks:
-                continue
-            matched = self.tracks[track]
-            ids[face] = matched.track_id
-            matched.box, matched.landmarks, matched.score = faces.boxes[face], faces.landmarks[face], faces.scores[face]
-            matched.missed = 0
-            matched_tracks.add(int(track))
-        for index, track in enumerate(self.tracks):
-            if index not in matched_tracks:
-                track.missed += 1
-        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
-        held = [t for t in self.tracks if t.missed > 0]
-        for face in np.flatnonzero(ids < 0):
-            ids[face] = self._next_id
-            self.tracks.append(Track(self._next_id, faces.boxes[face], faces.landmarks[face], faces.scores[face]))
-            self._next_id += 1
-        faces.track_ids = ids
-        if not held:
-            return faces
-        held_faces = Faces(
-            np.array([t.box for t in held], np.float32),
-            np.array([t.score for t in held], np.float32),
-            np.array([t.landmarks for t in held], np.float32),
-            np.array([t.track_id for t in held], np.int64),
+    def predict(self, time: float) -> Faces:
+        """The faces of the live (not stale) tracks where they are expected at ``time``."""
+        live = [t for t in self.tracks if not t.stale]
+        if not live:
+            return Faces.empty()
+        predicted = [t.predicted_face(time) for t in live]
+        return Faces(
+            np.array([box for box, _ in predicted], np.float32),
+            np.array([t.score for t in live], np.float32),
+            np.array([landmarks for _, landmarks in predicted], np.float32),
+            np.array([t.track_id for t in live], np.int64),
         )
-        return Faces.concatenate([faces, held_faces])
+
+    def update(self, faces: Faces, time: float) -> Faces:
+        """``faces`` of the frame at ``time`` with track ids and smoothed landmarks, followed by
+        the held faces of tracks not seen in it."""
+        by_id = {t.track_id: t for t in self.tracks}
+        ids = faces.track_ids.copy()
+        unknown = [i for i in range(len(faces)) if ids[i] not in by_id or by_id[ids[i]].stale]
+        ids[unknown] = -1
+        claimed = set(ids.tolist())
+        candidates = [t for t in self.tracks if not t.stale and t.track_id not in claimed]
+        if unknown and candidates:
+            predicted = [t.predicted_face(time) for t in candidates]
+            similarity = association_similarity(
+                faces.boxes[unknown],
+                faces.landmarks[unknown],
+                np.array([box for box, _ in predicted]),
+                np.array([landmarks for _, landmarks in predicted]),
+            )
+            rows, cols = linear_sum_assignment(-similarity)
+            for row, col in zip(rows, cols):
+                if similarity[row, col] >= MIN_SIMILARITY:
+                    ids[unknown[row]] = candidates[col].track_id
+        landmarks = faces.landmarks.copy()
+        seen: set[int] = set()
+        for index in range(len(faces)):
+            if ids[index] < 0:
+                ids[index] = self._start(faces, index, time)
+            else:
+                landmarks[index] = self._observe(by_id[int(ids[index])], faces, index, time)
+            seen.add(int(ids[index]))
+        held = []
+        for track in self.tracks:
+            if track.track_id in seen:
+                continue
+            track.missed += 1
+            if time - track.last_seen <= self.hold_seconds:
+                held.append(track)
+        self.tracks = [t for t in self.tracks if t.track_id in seen or t in held]
+        result = Faces(faces.boxes.copy(), faces.scores.copy(), landmarks, ids)
+        if not held:
+            return result
+        predicted = [t.predicted_face(time) for t in held]
+        held_faces = Faces(
+            np.array([box for box, _ in predicted], np.float32),
+            np.array([t.score for t in held], np.float32),
+            np.array([lm for _, lm in predicted], np.float32),
+            np.array([t.track_id for t in held], np.int64),
+            np.ones(len(held), bool),
+        )
+        return Faces.concatenate([result, held_faces])
+
+    def mark_scene_cut(self) -> None:
+        """After a cut no face continues an earlier track; earlier tracks are only held."""
+        for track in self.tracks:
+            track.stale = True
 
     def reset(self) -> None:
         """Forget all tracks (e.g. between unrelated images); ids keep counting up."""
         self.tracks = []
+
+    def _start(self, faces: Faces, index: int, time: float) -> int:
+        box, landmarks = faces.boxes[index], faces.landmarks[index]
+        has_mesh = not np.isnan(landmarks).any()
+        center, size, _ = _box_geometry(box)
+        track = Track(
+            track_id=self._next_id,
+            motion=BoxKalman(box, time),
+            smoother=OneEuroFilter(landmarks, time) if has_mesh else None,
+            landmarks=landmarks.copy(),
+            score=float(faces.scores[index]),
+            last_seen=time,
+            center_at_seen=np.asarray(center),
+            size_at_seen=size,
+        )
+        self.tracks.append(track)
+        self._next_id += 1
+        return track.track_id
+
+    def _observe(self, track: Track, faces: Faces, index: int, time: float) -> np.ndarray:
+        """Update ``track`` with the face at ``index``; its smoothed landmarks."""
+        box, landmarks = faces.boxes[index], faces.landmarks[index]
+        track.motion.predict(time)
+        track.motion.correct(box)
+        center, size, _ = _box_geometry(box)
+        if np.isnan(landmarks).any():
+            track.smoother = None
+            track.landmarks = landmarks.copy()
+        else:
+            if track.smoother is None or track.missed > 0:
+                track.smoother = OneEuroFilter(landmarks, time)
+            track.landmarks = track.smoother(landmarks, time, size)
+        track.score, track.last_seen, track.missed = float(faces.scores[index]), time, 0
+        track.center_at_seen, track.size_at_seen = np.asarray(center), size
+        return track.landmarks
+
+
+def association_similarity(
+    boxes: np.ndarray, landmarks: np.ndarray, track_boxes: np.ndarray, track_landmarks: np.ndarray
+) -> np.ndarray:
+    """(faces, tracks) similarity in [0, 1]: box IoU, averaged with a landmark-geometry score
+    (1 at identical meshes, 0 at a mean distance of ``LANDMARK_DISTANCE_SCALE`` face sizes)
+    where both have a mesh."""
+    overlap = box_iou(boxes, track_boxes)
+    sizes = np.sqrt(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)).clip(1.0)
+    distance = np.linalg.norm(landmarks[:, None] - track_landmarks[None], axis=-1).mean(axis=-1)
+    geometry = np.clip(1.0 - distance / (sizes[:, None] * LANDMARK_DISTANCE_SCALE), 0.0, 1.0)
+    both_meshed = ~np.isnan(geometry)
+    return np.where(both_meshed, (overlap + np.nan_to_num(geometry)) / 2, overlap)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,3 +269,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
+
+
+def _box_geometry(box: np.ndarray) -> tuple[tuple[float, float], float, float]:
+    """Centre, size (geometric mean of the sides) and aspect ratio (width / height) of a box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width, height = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    return ((x0 + x1) / 2, (y0 + y1) / 2), math.sqrt(width * height), width / height
+
+
+def _alpha(cutoff: float | np.ndarray, dt: float) -> float | np.ndarray:
+    tau = 1.0 / (2 * np.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)

@@ -38,17 +38,21 @@ class Faces:
 
     ``landmarks`` holds face-mesh points in pixel coordinates (x, y); a face whose mesh
     could not be fitted has NaN landmarks and is replaced by its box region, fail-closed.
-    ``track_ids`` is -1 until a tracker assigns ids.
+    ``track_ids`` is -1 until a tracker assigns ids; ``held`` marks faces not seen in this
+    frame but kept by the tracker at their predicted place (fail closed).
     """
 
     boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1 in pixels
     scores: np.ndarray  # (N,) float32 detector confidence
     landmarks: np.ndarray  # (N, 478, 2) float32 pixels, NaN where no mesh
     track_ids: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) int64
+    held: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) bool
 
     def __post_init__(self) -> None:
         if self.track_ids is None:
             self.track_ids = np.full(len(self.boxes), -1, dtype=np.int64)
+        if self.held is None:
+            self.held = np.zeros(len(self.boxes), dtype=bool)
 
     @classmethod
     def empty(cls) -> Faces:
@@ -66,7 +70,7 @@ class Faces:
         return ~np.isnan(self.landmarks).any(axis=(1, 2))
 
     def select(self, keep: np.ndarray) -> Faces:
-        return Faces(self.boxes[keep], self.scores[keep], self.landmarks[keep], self.track_ids[keep])
+        return Faces(self.boxes[keep], self.scores[keep], self.landmarks[keep], self.track_ids[keep], self.held[keep])
 
     @classmethod
     def concatenate(cls, parts: list[Faces]) -> Faces:
@@ -78,7 +82,16 @@ class Faces:
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.landmarks for p in parts]),
             np.concatenate([p.track_ids for p in parts]),
+            np.concatenate([p.held for p in parts]),
         )
+
+
+@dataclass(slots=True)
+class TrackedFrame:
+    """A frame with its tracked faces, before replacement."""
+
+    frame: VideoFrame
+    faces: Faces
 
 
 @dataclass(slots=True)

@@ -26,8 +26,8 @@ def found_faces(video: str, judges: dict[str, YuNet]) -> dict[str, dict[str, int
     replacers = {method: make_replacer(Config(method=method)) for method in BASELINES}
     counts = {judge: dict.fromkeys(("input", *BASELINES), 0) for judge in judges}
     source = VideoSource(VIDEOS / video)
-    for frame in source.frames():
-        faces = anonymizer.tracker.update(anonymizer.finder.find(frame))
+    for tracked in anonymizer.tracked(source.frames()):
+        frame, faces = tracked.frame, tracked.faces
         if frame.index % JUDGED_EVERY:
             continue
         outputs = {"input": frame.image}

@@ -1,4 +1,4 @@
-"""Stage-level behaviour on real frames: face finding, regions, tracking hold, the fallback."""
+"""Stage-level behaviour on real frames: face finding, regions, the fallback."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,7 @@ from independent import VIDEOS, YuNet, decoded_rgb_frames
 from dpstream.face_finder import FaceFinder, merge_duplicates, tiles
 from dpstream.regions import face_region
 from dpstream.replace.fallback import apply_fallback
-from dpstream.tracker import Tracker
-from dpstream.types import NUM_LANDMARKS, Faces, VideoFrame
+from dpstream.types import VideoFrame
 
 
 def test_tiles_cover_the_frame_with_overlap():
@@ -38,19 +37,6 @@ def test_finder_fits_a_mesh_on_the_talking_face():
     x0, y0, x1, y1 = faces.boxes[0]
     inside = (faces.landmarks[0, :, 0] > x0 - 0.3 * (x1 - x0)) & (faces.landmarks[0, :, 0] < x1 + 0.3 * (x1 - x0))
     assert inside.mean() > 0.95  # the mesh lies on the detected face, in frame pixels
-
-
-def test_tracker_keeps_ids_and_holds_a_missed_face():
-    tracker = Tracker(max_missed=2)
-    box = np.array([[100, 100, 160, 170]], np.float32)
-    face = Faces(box, np.array([0.9], np.float32), np.full((1, NUM_LANDMARKS, 2), np.nan, np.float32))
-    first = tracker.update(face).track_ids.tolist()
-    moved = Faces(box + 5, face.scores, face.landmarks)
-    assert tracker.update(moved).track_ids.tolist() == first
-    for _ in range(2):  # detector misses the face: its last region is still returned
-        held = tracker.update(Faces.empty())
-        assert held.track_ids.tolist() == first and np.allclose(held.boxes, box + 5)
-    assert len(tracker.update(Faces.empty())) == 0  # past max_missed the track ends
 
 
 @requires_shared

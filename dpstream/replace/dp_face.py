@@ -72,7 +72,13 @@ class DpFaceReplacer:
         }
 
     def ledger(self) -> dict:
-        return {"method": self.name, "model": self.model.manifest.name, **self.identities.ledger().to_dict()}
+        return {
+            "method": self.name,
+            "model": self.model.manifest.name,
+            "faces_rendered": self.rendered,
+            "fallbacks": self.fallbacks,  # faces covered by the heavy blur instead of a rendered face
+            **self.identities.ledger().to_dict(),
+        }
 
     def close(self) -> None:
         self.identities.close()

@@ -1,0 +1,105 @@
+"""Faces of each frame of a video with stable track ids: detection on key frames, mesh re-fit between.
+
+Key frames (every ``detect_every`` frames, and every scene cut) run the full detector; on the
+frames between, each track's mesh is re-fitted on a crop at its predicted place, which is
+cheaper and follows the face as closely. The mesh model runs its own face detector on that crop,
+so a face that left the crop is not "found" there; a track whose re-fit fails is held by the
+tracker at its predicted place and looked for again on every following frame.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dpstream.face_finder import DUPLICATE_OVERLAP, FaceFinder
+from dpstream.tracker import Tracker, box_iou
+from dpstream.types import Faces, VideoFrame
+
+REFIT_MIN_OVERLAP = 0.3
+"""A re-fitted mesh belongs to its track only if its box overlaps the predicted box this much."""
+
+SCENE_CUT_DIFFERENCE = 20.0
+"""Mean absolute difference (0-255) of consecutive 32x18 grey thumbnails above which a frame
+starts a new shot."""
+
+
+class FaceTracking:
+    """Finds and tracks the faces of consecutive frames (one video)."""
+
+    def __init__(self, finder: FaceFinder, tracker: Tracker, detect_every: int = 1):
+        self.finder = finder
+        self.tracker = tracker
+        self.detect_every = detect_every
+        self._frames_since_detection = detect_every  # the first frame is a key frame
+        self._previous_thumbnail: np.ndarray | None = None
+
+    def process(self, frame: VideoFrame) -> Faces:
+        """The frame's faces: found or re-fitted ones first, then faces held by the tracker."""
+        image = frame.image
+        if self._is_scene_cut(image):
+            self.tracker.mark_scene_cut()
+            self._frames_since_detection = self.detect_every
+        refitted = self.refit(image, self.tracker.predict(frame.time))
+        self._frames_since_detection += 1
+        if self._frames_since_detection >= self.detect_every:
+            self._frames_since_detection = 0
+            refitted = Faces.concatenate([refitted, self._new_faces(image, refitted)])
+        return self.tracker.update(refitted, frame.time)
+
+    def refit(self, image: np.ndarray, predicted: Faces) -> Faces:
+        """Meshes re-fitted at the predicted faces' places, keeping their track ids; predicted
+        faces whose mesh is not found there (or lands on another face) are left out."""
+        fitted = [(index, self.finder.fit_mesh(image, predicted.boxes[index])) for index in range(len(predicted))]
+        fitted = [(index, landmarks) for index, landmarks in fitted if not np.isnan(landmarks).any()]
+        if not fitted:
+            return Faces.empty()
+        keep = np.array([index for index, _ in fitted])
+        landmarks = np.stack([landmarks for _, landmarks in fitted])
+        boxes = mesh_boxes(landmarks)
+        overlap = box_iou(boxes, predicted.boxes[keep]).diagonal()
+        valid = overlap >= REFIT_MIN_OVERLAP
+        # two tracks whose meshes landed on the same face: the better-placed one keeps it
+        for a in range(len(keep)):
+            for b in range(a + 1, len(keep)):
+                if valid[a] and valid[b] and _same_face(boxes[a], boxes[b]):
+                    valid[b if overlap[a] >= overlap[b] else a] = False
+        return Faces(boxes[valid], predicted.scores[keep][valid], landmarks[valid], predicted.track_ids[keep][valid])
+
+    def reset(self) -> None:
+        """Start over (an unrelated image follows)."""
+        self.tracker.reset()
+        self._frames_since_detection = self.detect_every
+        self._previous_thumbnail = None
+
+    def _new_faces(self, image: np.ndarray, known: Faces) -> Faces:
+        """Detected faces that are not one of ``known``, with meshes (boxes from the mesh)."""
+        boxes, scores = self.finder.detect(image)
+        new = [i for i in range(len(boxes)) if not any(_same_face(boxes[i], box) for box in known.boxes)]
+        if not new:
+            return Faces.empty()
+        landmarks = np.stack([self.finder.fit_mesh(image, boxes[i]) for i in new])
+        meshed = ~np.isnan(landmarks).any(axis=(1, 2))
+        boxes = boxes[new]
+        boxes[meshed] = mesh_boxes(landmarks[meshed])
+        return Faces(boxes, scores[new], landmarks)
+
+    def _is_scene_cut(self, image: np.ndarray) -> bool:
+        grey = cv2.cvtColor(cv2.resize(image, (32, 18), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        previous, self._previous_thumbnail = self._previous_thumbnail, grey.astype(np.float32)
+        return previous is not None and float(np.abs(self._previous_thumbnail - previous).mean()) > SCENE_CUT_DIFFERENCE
+
+
+def mesh_boxes(landmarks: np.ndarray) -> np.ndarray:
+    """(N, 4) bounding boxes of (N, 478, 2) meshes."""
+    return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1).astype(np.float32)
+
+
+def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    """The intersection covers ``DUPLICATE_OVERLAP`` of the smaller box."""
+    ix = min(a[2], b[2]) - max(a[0], b[0])
+    iy = min(a[3], b[3]) - max(a[1], b[1])
+    if ix <= 0 or iy <= 0:
+        return False
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy >= DUPLICATE_OVERLAP * smaller
