@@ -1,4 +1,4 @@
-"""The ``dpstream`` command line: ``dpstream anonymize INPUT -o OUTPUT [options]``."""
+"""The ``dpstream`` command line: ``dpstream anonymize INPUT -o OUTPUT``, ``dpstream webcam``, ``dpstream relay``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from dpstream.config import METHODS, load_config
@@ -16,6 +17,8 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_INPUT_DAMAGED = 3
 EXIT_INTERRUPTED = 130
+LIVE_PRESET = "ultrafast"
+"""x264 preset of the live commands when no --config is given (as in configs/webcam.yaml, relay.yaml)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="x264/x265 speed preset (default: veryfast)")
     run.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    webcam = commands.add_parser("webcam", help="anonymize a webcam live, into a preview window, a file or a stream URL")
+    webcam.add_argument("device", metavar="DEVICE", nargs="?", help="camera index or name, /dev/videoN (default: the first camera)")
+    webcam.add_argument("--size", dest="capture_size", metavar="WxH", help="capture size, e.g. 1280x720")
+    webcam.add_argument("--fps", dest="capture_fps", metavar="N", help="capture frames/s")
+    webcam.add_argument("--pixel-format", dest="capture_pixel_format", metavar="FMT", help="camera pixel format, e.g. mjpeg, yuyv422")
+    webcam.add_argument("--preview", action="store_true", help="show the anonymized video in a window (q to stop)")
+    webcam.add_argument("-o", "--output", action="append", default=[], metavar="FILE|URL", help="file or stream URL (repeatable)")
+    relay = commands.add_parser("relay", help="anonymize a live stream (RTSP, RTMP, SRT, UDP, ...) into another")
+    relay.add_argument("source", metavar="SOURCE", help="stream URL, lavfi:GRAPH, /dev/videoN, or a file (paced in real time)")
+    relay.add_argument("outputs", metavar="SINK_URL", nargs="+", help="rtsp://, rtmp://, udp://, srt://, tcp:// URL or a file")
+    relay.add_argument("--listen", action="store_true", default=None, help="SOURCE is a local address a publisher connects to")
+    relay.add_argument("--transport", choices=("tcp", "udp"), help="RTSP transport (default: tcp)")
+    relay.add_argument("--preview", action="store_true", help="also show the anonymized video in a window")
+    for live in (webcam, relay):
+        live.add_argument("--config", metavar="FILE", help="YAML config, e.g. configs/webcam.yaml, configs/relay.yaml")
+        live.add_argument("--method", choices=METHODS, help="replacement method (default: dp)")
+        live.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
+        live.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
+        live.add_argument("--model", metavar="MANIFEST", help="face model manifest (default: the built-in model)")
+        live.add_argument("--ledger", metavar="FILE", help="privacy ledger path (default: beside the file output, else ./dpstream-live-TIME.ledger.json)")
+        live.add_argument("--codec", help="video encoder (default: libx264)")
+        live.add_argument("--crf", metavar="N", help="x264/x265 quality, 0-51 (default: 20)")
+        live.add_argument("--preset", help=f"x264/x265 speed preset (default without --config: {LIVE_PRESET})")
+        live.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+        live.add_argument("--overwrite", action="store_true", help="replace an output file if it exists")
+        live.add_argument("-q", "--quiet", action="store_true", help="no status line")
     return parser
 
 
@@ -45,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        return _anonymize(args)
+        return _live(args) if args.command in ("webcam", "relay") else _anonymize(args)
     except DpstreamError as error:
         print(f"dpstream: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,6 +109,73 @@ def _anonymize(args: argparse.Namespace) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INPUT_DAMAGED if summary.input_errors else EXIT_OK
+
+
+def _live(args: argparse.Namespace) -> int:
+    keys = ("method", "epsilon", "delta", "model", "ledger", "codec", "crf", "preset",
+            "capture_size", "capture_fps", "capture_pixel_format", "listen", "transport")
+    overrides = {key: getattr(args, key, None) for key in keys if getattr(args, key, None) is not None}
+    if args.config is None:
+        overrides.setdefault("preset", LIVE_PRESET)
+    config = load_config(args.config, **overrides)
+    from dpstream.live import run_live  # loads MediaPipe: after the config is known to be good
+    from dpstream.live_source import live_input, webcam_input
+
+    if args.command == "webcam":
+        source = (
+            live_input(args.device, config)
+            if args.device and args.device.startswith("lavfi:")
+            else webcam_input(args.device, size=config.capture_size, fps=config.capture_fps, pixel_format=config.capture_pixel_format)
+        )
+        outputs = args.output
+    else:
+        source, outputs = live_input(args.source, config), args.outputs
+    status = LiveStatus(enabled=not args.quiet)
+    try:
+        summary = run_live(source, outputs, config, preview=args.preview, overwrite=args.overwrite,
+                           max_seconds=args.duration, report=status.message, on_frame=status.update)
+    finally:
+        status.close()
+    latency = ", ".join(f"{k} {v:.0f} ms" for k, v in summary.latency_ms.items() if v is not None) or "no frames"
+    lines = [
+        f"{summary.written} frames written, {summary.dropped} dropped unprocessed ({summary.drop_rate:.1%}), "
+        f"{summary.faces} faces, {summary.fallbacks} fallbacks, {summary.seconds:.1f} s, method {summary.method}",
+        f"latency capture -> write: {latency}; reconnections: source {summary.source_reconnections}, "
+        f"outputs {summary.output_reconnections}" + (f", {summary.lost_to_outputs} frames lost while an output was down" if summary.lost_to_outputs else ""),
+    ]
+    if summary.ledger:
+        lines.append(f"privacy ledger: {summary.ledger}")
+    for line in lines:
+        print(f"dpstream: {line}", file=sys.stderr)
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+class LiveStatus:
+    """One status line on stderr (frames written, dropped), updated twice a second; messages
+    (reconnections) on their own lines, shown even with --quiet."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.next_update = 0.0
+        self.shown = False
+
+    def update(self, result, summary) -> None:
+        now = time.monotonic()
+        if not self.enabled or now < self.next_update:
+            return
+        self.next_update = now + 0.5
+        print(f"\rdpstream: {summary.written} frames written, {summary.dropped} dropped ",
+              end="", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def message(self, text: str) -> None:
+        self.close()
+        print(f"dpstream: {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+            self.shown = False
 
 
 class ProgressBar:

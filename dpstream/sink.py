@@ -60,7 +60,7 @@ class VideoSink:
         stream.width, stream.height = info.width, info.height
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
-        stream.pix_fmt = "yuv420p" if "yuv420p" in _pixel_formats(stream) else _pixel_formats(stream)[0]
+        stream.pix_fmt = "yuv420p" if "yuv420p" in pixel_formats(stream) else pixel_formats(stream)[0]
         source_context = source.video_stream.codec_context
         for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
             setattr(stream.codec_context, tag, getattr(source_context, tag))
@@ -129,6 +129,6 @@ class ImageFolderSink:
         pass
 
 
-def _pixel_formats(stream: av.video.stream.VideoStream) -> list[str]:
+def pixel_formats(stream: av.video.stream.VideoStream) -> list[str]:
     formats = stream.codec_context.codec.video_formats or []
     return [f.name for f in formats] or ["yuv420p"]
