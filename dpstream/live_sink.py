@@ -14,12 +14,11 @@ from urllib.parse import urlsplit
 
 import av
 import cv2
-import numpy as np
 
 from dpstream.config import Config
 from dpstream.errors import OutputError
 from dpstream.live_source import LIVE_TIME_BASE, Backoff
-from dpstream.sink import X264_LIKE, pixel_formats
+from dpstream.sink import X264_LIKE, encoder_frame, pixel_formats
 from dpstream.types import VideoFrame
 
 NETWORK_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv", "udp": "mpegts", "srt": "mpegts", "tcp": "mpegts"}
@@ -95,7 +94,7 @@ class LiveSink:
             self.first_pts = frame.pts
         pts = max(frame.pts - self.first_pts, self.last_pts + 1)
         self.last_pts = pts
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        video_frame = encoder_frame(image, self.stream.pix_fmt)
         video_frame.pts, video_frame.time_base = pts, LIVE_TIME_BASE
         try:
             for packet in self.stream.encode(video_frame):

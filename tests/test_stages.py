@@ -1,11 +1,14 @@
-"""Stage-level behaviour on real frames: face finding, regions, the fallback."""
+"""Stage-level behaviour on real frames: face finding, regions, the fallback, dp's size limit."""
 
+import cv2
 import numpy as np
 import pytest
 from conftest import requires_shared
 from independent import VIDEOS, YuNet, decoded_rgb_frames
 
+from dpstream.config import Config
 from dpstream.face_finder import FaceFinder, merge_duplicates, tiles
+from dpstream.pipeline import Anonymizer
 from dpstream.regions import face_region
 from dpstream.replace.fallback import apply_fallback
 from dpstream.types import VideoFrame
@@ -52,3 +55,21 @@ def test_fallback_covers_the_face_so_yunet_cannot_find_it():
     assert yunet.count(covered) == 0
     region = face_region(faces.boxes[0], faces.landmarks[0], 0.0, image.shape)
     assert (covered[region.slices()] != image[region.slices()]).any(axis=2).mean() > 0.5
+
+
+@requires_shared
+def test_dp_blurs_a_face_smaller_than_the_models_validated_size():
+    image = decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0]
+    anonymizer = Anonymizer(Config())
+    try:
+        full = anonymizer.process(VideoFrame(image.copy(), 0))
+        small_image = cv2.resize(image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+        anonymizer.tracking.reset()
+        small = anonymizer.process(VideoFrame(small_image.copy(), 1))
+    finally:
+        anonymizer.close()
+    heights = [np.ptp(faces.landmarks[0, :, 1]) for faces in (full.faces, small.faces)]
+    assert heights[0] > 100 > heights[1]
+    assert (full.fallbacks, small.fallbacks) == (0, 1)
+    assert anonymizer.replacer.summary()["fallbacks_too_small"] == 1
+    assert YuNet(max_side=10_000).count(small_image) == 1 and YuNet(max_side=10_000).count(small.frame.image) == 0

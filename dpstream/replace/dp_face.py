@@ -22,21 +22,27 @@ class DpFaceReplacer:
 
     name = "dp"
 
-    def __init__(self, model: FaceModel, privacy: PrivacyConfig, testing_seed: int | None = None):
+    def __init__(self, model: FaceModel, privacy: PrivacyConfig, min_face_px: float = 0.0, testing_seed: int | None = None):
         self.model = model
+        self.min_face_px = min_face_px
         mechanism = make_mechanism(privacy, model.dim, privacy.clip_norm or model.clip_norm, testing_seed=testing_seed)
         self.identities = IdentityCache(mechanism, privacy, model.post_process)
         self.rendered = 0
         self.fallbacks = 0
+        self.too_small = 0
 
     @classmethod
     def from_config(cls, config: Config) -> DpFaceReplacer:
-        return cls(FaceModel.load(config.model), config.privacy)
+        return cls(FaceModel.load(config.model), config.privacy, min_face_px=config.dp_min_face_px)
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
         image = frame.image
         # no mesh, or no track (noise must be drawn once per person): fail closed
         failed = ~faces.has_mesh() | (faces.track_ids < 0)
+        # below the validated face size the context left around a new face re-identifies: blur
+        small = ~failed & (mesh_heights(faces.landmarks) < self.min_face_px)
+        self.too_small += int(small.sum())
+        failed |= small
         identities: dict[int, np.ndarray] = {}
         # known tracks first (the cache asks for this), and every new person is encoded from the
         # untouched frame before any face is redrawn
@@ -68,6 +74,7 @@ class DpFaceReplacer:
             "provider": self.model.provider,
             "faces_rendered": self.rendered,
             "fallbacks": self.fallbacks,
+            "fallbacks_too_small": self.too_small,
             "people": len(self.identities.ledger().people),
         }
 
@@ -77,8 +84,14 @@ class DpFaceReplacer:
             "model": self.model.manifest.name,
             "faces_rendered": self.rendered,
             "fallbacks": self.fallbacks,  # faces covered by the heavy blur instead of a rendered face
+            "fallbacks_too_small": self.too_small,  # of those: smaller than dp_min_face_px
             **self.identities.ledger().to_dict(),
         }
 
     def close(self) -> None:
         self.identities.close()
+
+
+def mesh_heights(landmarks: np.ndarray) -> np.ndarray:
+    """(N,) height in pixels of each (478, 2) face mesh (NaN without mesh)."""
+    return landmarks[:, :, 1].max(axis=1) - landmarks[:, :, 1].min(axis=1)
