@@ -33,6 +33,7 @@ class Config:
     clip_norm: float | None = None
     reassociation_threshold: float = 0.6
     reassociation_ttl: float = 60.0
+    reassociation_wait: float = 1.0
     max_people: int = 256
     model: str | None = None
     dp_min_face_px: float = 100.0
@@ -129,6 +130,7 @@ class Config:
             clip_norm=self.clip_norm,
             reassociation_threshold=self.reassociation_threshold,
             reassociation_ttl=self.reassociation_ttl,
+            reassociation_wait=self.reassociation_wait,
             max_people=self.max_people,
         )
 

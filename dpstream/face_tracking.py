@@ -17,7 +17,11 @@ from dpstream.tracker import Tracker, box_iou
 from dpstream.types import Faces, VideoFrame
 
 REFIT_MIN_OVERLAP = 0.3
-"""A re-fitted mesh belongs to its track only if its box overlaps the predicted box this much."""
+"""A re-fitted mesh belongs to its track if its box overlaps the predicted box or the search box
+(predicted and last seen boxes joined) this much, at between half and twice the predicted size."""
+
+WIDER_SEARCH = 1.8
+"""When the mesh is not found in the search box, it is looked for once more in a box this much larger."""
 
 SCENE_CUT_DIFFERENCE = 20.0
 """Mean absolute difference (0-255) of consecutive 32x18 grey thumbnails above which a frame
@@ -40,25 +44,31 @@ class FaceTracking:
         if self._is_scene_cut(image):
             self.tracker.mark_scene_cut()
             self._frames_since_detection = self.detect_every
-        refitted = self.refit(image, self.tracker.predict(frame.time))
+        refitted = self.refit(image, *self.tracker.predict(frame.time))
         self._frames_since_detection += 1
         if self._frames_since_detection >= self.detect_every:
             self._frames_since_detection = 0
             refitted = Faces.concatenate([refitted, self._new_faces(image, refitted)])
         return self.tracker.update(refitted, frame.time)
 
-    def refit(self, image: np.ndarray, predicted: Faces) -> Faces:
-        """Meshes re-fitted at the predicted faces' places, keeping their track ids; predicted
-        faces whose mesh is not found there (or lands on another face) are left out."""
-        fitted = [(index, self.finder.fit_mesh(image, predicted.boxes[index])) for index in range(len(predicted))]
-        fitted = [(index, landmarks) for index, landmarks in fitted if not np.isnan(landmarks).any()]
+    def refit(self, image: np.ndarray, predicted: Faces, search_boxes: np.ndarray) -> Faces:
+        """Meshes re-fitted in each predicted face's search box, keeping their track ids;
+        predicted faces whose mesh is not found there (or lands on another face) are left out."""
+        fitted = []
+        for index, box in enumerate(search_boxes):
+            landmarks = self.finder.fit_mesh(image, box)
+            if np.isnan(landmarks).any():  # the face moved further: look once more, wider
+                landmarks = self.finder.fit_mesh(image, _scaled(box, WIDER_SEARCH))
+            if not np.isnan(landmarks).any():
+                fitted.append((index, landmarks))
         if not fitted:
             return Faces.empty()
         keep = np.array([index for index, _ in fitted])
         landmarks = np.stack([landmarks for _, landmarks in fitted])
         boxes = mesh_boxes(landmarks)
-        overlap = box_iou(boxes, predicted.boxes[keep]).diagonal()
-        valid = overlap >= REFIT_MIN_OVERLAP
+        overlap = np.maximum(box_iou(boxes, predicted.boxes[keep]).diagonal(), box_iou(boxes, search_boxes[keep]).diagonal())
+        size_ratio = np.sqrt(_areas(boxes) / np.maximum(_areas(predicted.boxes[keep]), 1e-6))
+        valid = (overlap >= REFIT_MIN_OVERLAP) & (size_ratio > 0.5) & (size_ratio < 2.0)
         # two tracks whose meshes landed on the same face: the better-placed one keeps it
         for a in range(len(keep)):
             for b in range(a + 1, len(keep)):
@@ -78,11 +88,14 @@ class FaceTracking:
         new = [i for i in range(len(boxes)) if not any(_same_face(boxes[i], box) for box in known.boxes)]
         if not new:
             return Faces.empty()
-        landmarks = np.stack([self.finder.fit_mesh(image, boxes[i]) for i in new])
+        boxes, scores = boxes[new], scores[new]
+        landmarks = np.stack([self.finder.fit_mesh(image, box) for box in boxes])
+        for index, box in enumerate(boxes):
+            if not np.isnan(landmarks[index]).any() and not _same_face(mesh_boxes(landmarks[index][None])[0], box):
+                landmarks[index] = np.nan  # the mesh fitted another face in the crop: cover the box
         meshed = ~np.isnan(landmarks).any(axis=(1, 2))
-        boxes = boxes[new]
         boxes[meshed] = mesh_boxes(landmarks[meshed])
-        return Faces(boxes, scores[new], landmarks)
+        return Faces(boxes, scores, landmarks)
 
     def _is_scene_cut(self, image: np.ndarray) -> bool:
         grey = cv2.cvtColor(cv2.resize(image, (32, 18), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
@@ -93,6 +106,15 @@ class FaceTracking:
 def mesh_boxes(landmarks: np.ndarray) -> np.ndarray:
     """(N, 4) bounding boxes of (N, 478, 2) meshes."""
     return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1).astype(np.float32)
+
+
+def _scaled(box: np.ndarray, factor: float) -> np.ndarray:
+    center, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * factor
+    return np.concatenate([center - half, center + half])
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def _same_face(a: np.ndarray, b: np.ndarray) -> bool:

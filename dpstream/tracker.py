@@ -20,6 +20,10 @@ from dpstream.types import Faces
 MIN_SIMILARITY = 0.25
 """A detection joins a track only when their similarity (see ``association_similarity``) is at least this."""
 
+OCCLUDED_HOLD_SECONDS = 1.0
+"""A face lost where a seen face covers a quarter of its predicted place is held this long (it
+is probably behind that face and will come out again)."""
+
 LANDMARK_DISTANCE_SCALE = 0.5
 """Mean landmark distance, in face sizes, at which the landmark part of the similarity reaches 0."""
 
@@ -108,13 +112,17 @@ class Track:
     last_seen: float
     missed: int = 0
     stale: bool = False  # from before a scene cut: held, but never matched again
+    occluded: bool = False  # unseen behind another face: held longer
     center_at_seen: np.ndarray = field(default_factory=lambda: np.zeros(2))
     size_at_seen: float = 1.0
+    box_at_seen: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))
 
     def predicted_face(self, time: float) -> tuple[np.ndarray, np.ndarray]:
         """Box and landmarks where the face is expected at ``time`` (landmarks moved and
         scaled with the box)."""
         state = self.motion.predicted_state(time)
+        if self.missed:  # unseen: keep moving, but stop growing or shrinking
+            state[2] = self.size_at_seen
         box = self.motion.box(state)
         scale = max(state[2], 1.0) / self.size_at_seen
         landmarks = (self.landmarks - self.center_at_seen) * scale + state[:2]
@@ -135,18 +143,23 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 0
 
-    def predict(self, time: float) -> Faces:
-        """The faces of the live (not stale) tracks where they are expected at ``time``."""
+    def predict(self, time: float) -> tuple[Faces, np.ndarray]:
+        """The faces of the live (not stale) tracks where they are expected at ``time``, and
+        (N, 4) boxes where to look for them: the predicted box joined with the last seen one
+        (a face that stops or turns back is between the two)."""
         live = [t for t in self.tracks if not t.stale]
         if not live:
-            return Faces.empty()
+            return Faces.empty(), np.zeros((0, 4), np.float32)
         predicted = [t.predicted_face(time) for t in live]
-        return Faces(
+        faces = Faces(
             np.array([box for box, _ in predicted], np.float32),
             np.array([t.score for t in live], np.float32),
             np.array([landmarks for _, landmarks in predicted], np.float32),
             np.array([t.track_id for t in live], np.int64),
         )
+        last = np.array([t.box_at_seen for t in live], np.float32)
+        search = np.concatenate([np.minimum(faces.boxes[:, :2], last[:, :2]), np.maximum(faces.boxes[:, 2:], last[:, 2:])], 1)
+        return faces, search
 
     def update(self, faces: Faces, time: float) -> Faces:
         """``faces`` of the frame at ``time`` with track ids and smoothed landmarks, followed by
@@ -159,12 +172,19 @@ class Tracker:
         candidates = [t for t in self.tracks if not t.stale and t.track_id not in claimed]
         if unknown and candidates:
             predicted = [t.predicted_face(time) for t in candidates]
-            similarity = association_similarity(
+            to_predicted = association_similarity(
                 faces.boxes[unknown],
                 faces.landmarks[unknown],
                 np.array([box for box, _ in predicted]),
                 np.array([landmarks for _, landmarks in predicted]),
             )
+            to_last_seen = association_similarity(
+                faces.boxes[unknown],
+                faces.landmarks[unknown],
+                np.array([t.box_at_seen for t in candidates]),
+                np.array([t.landmarks for t in candidates]),
+            )
+            similarity = np.maximum(to_predicted, to_last_seen)
             rows, cols = linear_sum_assignment(-similarity)
             for row, col in zip(rows, cols):
                 if similarity[row, col] >= MIN_SIMILARITY:
@@ -182,7 +202,10 @@ class Tracker:
             if track.track_id in seen:
                 continue
             track.missed += 1
-            if time - track.last_seen <= self.hold_seconds:
+            if track.missed == 1:
+                track.occluded = not track.stale and _behind_a_seen_face(track.predicted_face(time)[0], faces.boxes)
+            hold = max(self.hold_seconds, OCCLUDED_HOLD_SECONDS) if track.occluded else self.hold_seconds
+            if time - track.last_seen <= hold:
                 held.append(track)
         self.tracks = [t for t in self.tracks if t.track_id in seen or t in held]
         result = Faces(faces.boxes.copy(), faces.scores.copy(), landmarks, ids)
@@ -220,6 +243,7 @@ class Tracker:
             last_seen=time,
             center_at_seen=np.asarray(center),
             size_at_seen=size,
+            box_at_seen=np.asarray(box, np.float32).copy(),
         )
         self.tracks.append(track)
         self._next_id += 1
@@ -238,8 +262,9 @@ class Tracker:
             if track.smoother is None or track.missed > 0:
                 track.smoother = OneEuroFilter(landmarks, time)
             track.landmarks = track.smoother(landmarks, time, size)
-        track.score, track.last_seen, track.missed = float(faces.scores[index]), time, 0
+        track.score, track.last_seen, track.missed, track.occluded = float(faces.scores[index]), time, 0, False
         track.center_at_seen, track.size_at_seen = np.asarray(center), size
+        track.box_at_seen = np.asarray(box, np.float32).copy()
         return track.landmarks
 
 
@@ -255,6 +280,16 @@ def association_similarity(
     geometry = np.clip(1.0 - distance / (sizes[:, None] * LANDMARK_DISTANCE_SCALE), 0.0, 1.0)
     both_meshed = ~np.isnan(geometry)
     return np.where(both_meshed, (overlap + np.nan_to_num(geometry)) / 2, overlap)
+
+
+def _behind_a_seen_face(box: np.ndarray, seen_boxes: np.ndarray) -> bool:
+    """A seen face covers at least a quarter of ``box``."""
+    if len(seen_boxes) == 0:
+        return False
+    ix = np.clip(np.minimum(box[2], seen_boxes[:, 2]) - np.maximum(box[0], seen_boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], seen_boxes[:, 3]) - np.maximum(box[1], seen_boxes[:, 1]), 0, None)
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)
+    return bool((ix * iy / area >= 0.25).any())
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -190,3 +190,17 @@ def test_ledger_holds_no_biometric_values(tmp_path):
     biometric = set(np.concatenate([faces.base.ravel(), *noisy]).tolist())
     assert not biometric & set(numbers(data))
     assert len(numbers(data)) < 60  # a handful of parameters and per-person counts
+
+
+def test_a_new_face_is_recognised_as_a_person_who_left_before_any_draw():
+    faces = Faces(2)
+    cache = make_cache()
+    cache.person_for_track(1, 0.0, faces.embed(0, 1))
+    cache.end_frame([1], 0.0)
+    assert not cache.has_absent_people()  # person 0 is on screen: nobody could be returning
+    cache.end_frame([], 1.0)  # track 1 ends
+    assert cache.has_absent_people()
+    returning, stranger = faces.embed(0, 2)(), faces.embed(1, 3)()
+    assert cache.recognises(returning, 2.0) and not cache.recognises(stranger, 2.0)
+    assert np.linalg.norm(returning) > 0  # left for the caller to use, then wipe
+    assert cache.ledger().to_dict()["people"][0]["draws"] == 1 and len(cache.ledger().people) == 1

@@ -81,6 +81,16 @@ class IdentityCache:
         record.last_time = time
         return person.identity
 
+    def has_absent_people(self) -> bool:
+        """Someone who left could come back: a person still held for re-association with no track on screen."""
+        return any(person.refs and not person.active for person in self._people.values())
+
+    def recognises(self, raw: np.ndarray, time: float) -> bool:
+        """Whether a new track with this raw embedding would be matched to a known person (no new
+        draw). ``raw`` is left untouched; the caller wipes it."""
+        length = float(np.linalg.norm(raw))
+        return length > 0 and self._match(raw / length, time) is not None
+
     def end_frame(self, active_track_ids: Iterable[int], time: float) -> None:
         """Close the frame: tracks absent from it have ended; expire and bound the raw store."""
         self._advance(time)

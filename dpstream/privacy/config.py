@@ -25,6 +25,7 @@ class PrivacyConfig:
     clip_norm: float | None = None  # None: the face model manifest's clip_norm
     reassociation_threshold: float = 0.6  # cosine similarity of raw embeddings
     reassociation_ttl: float = 60.0  # seconds a person stays re-associable after its last track
+    reassociation_wait: float = 1.0  # seconds a new face may be blurred while it could be a returning person
     max_people: int = 256  # bound on people held in memory for re-association
 
     def __post_init__(self) -> None:
@@ -36,6 +37,7 @@ class PrivacyConfig:
             _number("clip_norm", self.clip_norm, "a number > 0 or null", lambda x: x > 0)
         _number("reassociation_threshold", self.reassociation_threshold, "a cosine in [-1, 1]", lambda x: -1 <= x <= 1)
         _number("reassociation_ttl", self.reassociation_ttl, "a number of seconds >= 0", lambda x: x >= 0)
+        _number("reassociation_wait", self.reassociation_wait, "a number of seconds >= 0", lambda x: x >= 0)
         if isinstance(self.max_people, bool) or not isinstance(self.max_people, int) or self.max_people < 1:
             raise ConfigError(f"max_people: must be an integer >= 1, got {self.max_people!r}")
 

@@ -17,6 +17,10 @@ from dpstream.replace.fallback import apply_fallback
 from dpstream.types import Faces, ReplacedFrame, VideoFrame
 
 
+MIN_INSIDE_TO_ENCODE = 0.95
+"""A new track is encoded (and its person matched or drawn) once this much of its mesh is in the frame."""
+
+
 class DpFaceReplacer:
     """Replaces faces by decoded faces of noisy identities (DP-Image, one draw per person)."""
 
@@ -30,6 +34,10 @@ class DpFaceReplacer:
         self.rendered = 0
         self.fallbacks = 0
         self.too_small = 0
+        self.entering = 0
+        self.waiting = 0
+        self.reassociation_wait = privacy.reassociation_wait
+        self._new_tracks: dict[int, float] = {}  # track id -> first time seen, until it has a person
 
     @classmethod
     def from_config(cls, config: Config) -> DpFaceReplacer:
@@ -43,17 +51,25 @@ class DpFaceReplacer:
         small = ~failed & (mesh_heights(faces.landmarks) < self.min_face_px)
         self.too_small += int(small.sum())
         failed |= small
+        # a new track's identity is taken from a face fully in view (one cut by the frame edge
+        # would give a poor embedding, and the returning person would not be recognised)
+        entering = ~failed & (inside_fraction(faces.landmarks, image.shape) < MIN_INSIDE_TO_ENCODE)
+        entering &= np.array([int(track_id) not in self.identities for track_id in faces.track_ids], bool)
+        self.entering += int(entering.sum())
+        failed |= entering
         identities: dict[int, np.ndarray] = {}
         # known tracks first (the cache asks for this), and every new person is encoded from the
         # untouched frame before any face is redrawn
         pending = sorted(np.flatnonzero(~failed), key=lambda i: int(faces.track_ids[i]) not in self.identities)
         for index in pending:
-            landmarks = faces.landmarks[index]
+            track_id = int(faces.track_ids[index])
             try:
-                person = self.identities.person_for_track(
-                    int(faces.track_ids[index]), frame.time, lambda lm=landmarks: self.model.encode(image, lm)
-                )
-                identities[index] = person.noisy_embedding
+                embed = self._embedding_to_use(image, faces.landmarks[index], track_id, frame.time)
+                if embed is None:
+                    self.waiting += 1
+                    failed[index] = True
+                    continue
+                identities[index] = self.identities.person_for_track(track_id, frame.time, embed).noisy_embedding
             except Exception:  # fail closed
                 failed[index] = True
         for index, identity in identities.items():
@@ -63,9 +79,26 @@ class DpFaceReplacer:
             except Exception:  # fail closed: render raises before touching the image
                 failed[index] = True
         self.identities.end_frame(faces.track_ids[faces.track_ids >= 0], frame.time)
+        for track_id in [t for t in self._new_tracks if t in self.identities or t not in faces.track_ids]:
+            del self._new_tracks[track_id]
         fallbacks = apply_fallback(image, faces.select(failed)) if failed.any() else 0
         self.fallbacks += fallbacks
         return ReplacedFrame(frame, faces, fallbacks)
+
+    def _embedding_to_use(self, image: np.ndarray, landmarks: np.ndarray, track_id: int, time: float):
+        """How ``person_for_track`` gets the raw embedding of this face: a callable, or None while
+        a new face is held back (blurred) because it may be a person who left and is not
+        recognised yet (for up to ``reassociation_wait`` seconds; then it gets its own draw)."""
+        if track_id in self.identities:
+            return lambda: self.model.encode(image, landmarks)
+        first_seen = self._new_tracks.setdefault(track_id, time)
+        raw = self.model.encode(image, landmarks)
+        if time - first_seen >= self.reassociation_wait or not self.identities.has_absent_people():
+            return lambda: raw
+        if self.identities.recognises(raw, time):
+            return lambda: raw
+        raw.fill(0.0)
+        return None
 
     def summary(self) -> dict:
         return {
@@ -75,6 +108,8 @@ class DpFaceReplacer:
             "faces_rendered": self.rendered,
             "fallbacks": self.fallbacks,
             "fallbacks_too_small": self.too_small,
+            "fallbacks_entering": self.entering,
+            "fallbacks_waiting": self.waiting,
             "people": len(self.identities.ledger().people),
         }
 
@@ -85,11 +120,19 @@ class DpFaceReplacer:
             "faces_rendered": self.rendered,
             "fallbacks": self.fallbacks,  # faces covered by the heavy blur instead of a rendered face
             "fallbacks_too_small": self.too_small,  # of those: smaller than dp_min_face_px
+            "fallbacks_entering": self.entering,  # of those: new faces still cut by the frame edge
+            "fallbacks_waiting": self.waiting,  # of those: new faces held back while they may be returning people
             **self.identities.ledger().to_dict(),
         }
 
     def close(self) -> None:
         self.identities.close()
+
+
+def inside_fraction(landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N,) fraction of each face's mesh points inside the frame."""
+    x, y = landmarks[:, :, 0], landmarks[:, :, 1]
+    return ((x >= 0) & (x < shape[1]) & (y >= 0) & (y < shape[0])).mean(axis=1)
 
 
 def mesh_heights(landmarks: np.ndarray) -> np.ndarray:
