@@ -1,11 +1,15 @@
-"""End-to-end throughput and peak memory: decode → anonymize → encode, per method, and
-deface (the most used face-blurring CLI) on the same file in the same run.
+"""End-to-end throughput and peak memory: decode → anonymize → encode, per method and input,
+and deface (the most used face-blurring CLI) on the same inputs in the same run.
 
-    python benchmarks/throughput.py [--video PATH] [--methods dp,blur,...] [--no-deface]
+    python benchmarks/throughput.py [--cases talking,480p-1,...] [--methods dp,blur,...]
+                                    [--frames 150] [--no-deface] [--no-stages]
 
-Each method runs in its own child process so its peak RSS is its own. deface is installed
-on first use into benchmarks/.deface-venv (its pins clash with ours: opencv, onnxruntime).
-Prints a Markdown table; figures are noisy on shared machines, compare ratios.
+Inputs: the real 720p one-face clip (``talking``) and composed clips ``<res>-<faces>`` (480p,
+720p, 1080p × 1, 3, 10 faces) made by tiling the shared one-face videos (benchmarks/compose.py).
+Each method runs in its own child process so its peak RSS is its own. deface is installed on
+first use into benchmarks/.deface-venv (its pins clash with ours). A per-stage breakdown of the
+dp method (stages run one after another in one thread) follows the table. Figures are noisy on
+shared machines: compare the ratios, which come from the same run.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from compose import VIDEOS, grid_frames, write_video
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DPSTREAM_SHARED", REPO.parent / "shared"))
-DEFAULT_VIDEO = SHARED / "data" / "videos" / "talking_720p_s18.mp4"
 DEFACE_VENV = REPO / "benchmarks" / ".deface-venv"
+RESOLUTIONS = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
+ALL_CASES = ("talking", *(f"{res}-{faces}" for res in RESOLUTIONS for faces in (1, 3, 10)))
 
 CHILD = """
 import json, resource, sys, dpstream
@@ -32,14 +38,20 @@ print(json.dumps({"frames": summary.frames, "seconds": summary.seconds, "fallbac
 """
 
 
+def case_video(case: str, frames: int, workdir: Path) -> Path:
+    if case == "talking":
+        return VIDEOS / "talking_720p_s18.mp4"
+    resolution, faces = case.split("-")
+    width, height = RESOLUTIONS[resolution]
+    return write_video(grid_frames(int(faces), width, height, frames), workdir / f"{case}.mp4")
+
+
 def run_method(video: Path, method: str, workdir: Path) -> dict:
-    output = workdir / f"{method}.mp4"
-    started = time.perf_counter()
+    output = workdir / f"out-{method}.mp4"
     result = subprocess.run(
         [sys.executable, "-c", CHILD, str(video), str(output), method], capture_output=True, text=True, check=True
     )
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    figures["wall_seconds"] = time.perf_counter() - started  # includes start-up and model loading
     figures["fps"] = figures["frames"] / figures["seconds"]
     return figures
 
@@ -55,37 +67,64 @@ def ensure_deface() -> Path:
 def run_deface(video: Path, workdir: Path, frames: int) -> dict:
     deface = ensure_deface()
     started = time.perf_counter()
-    subprocess.run(
-        [str(deface), str(video), "-o", str(workdir / "deface.mp4"), "--keep-audio"],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run([str(deface), str(video), "-o", str(workdir / "deface.mp4"), "--keep-audio"], check=True, capture_output=True)
     seconds = time.perf_counter() - started
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds}
 
 
+def run_stages(video: Path, workdir: Path) -> dict:
+    child = (
+        "import json, sys; sys.path.insert(0, sys.argv[3]); from stages import stage_times; "
+        "from dpstream.config import Config; from pathlib import Path; "
+        "print(json.dumps(stage_times(Path(sys.argv[1]), Path(sys.argv[2]), Config())))"
+    )
+    output = workdir / "stages.mp4"
+    result = subprocess.run(
+        [sys.executable, "-c", child, str(video), str(output), str(Path(__file__).parent)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    parser.add_argument("--cases", default=",".join(ALL_CASES))
     parser.add_argument("--methods", default="dp,blur,mosaic,solid,dp-pix")
+    parser.add_argument("--frames", type=int, default=150, help="length of the composed clips")
     parser.add_argument("--no-deface", action="store_true")
+    parser.add_argument("--no-stages", action="store_true")
     args = parser.parse_args()
-    rows = {}
-    with tempfile.TemporaryDirectory() as workdir:
-        for method in args.methods.split(","):
-            rows[method] = run_method(args.video, method, Path(workdir))
-            print(f"{method}: {rows[method]['fps']:.1f} frames/s", file=sys.stderr)
-        if not args.no_deface:
-            frames = next(iter(rows.values()))["frames"]
-            rows["deface (blur)"] = run_deface(args.video, Path(workdir), frames)
-    deface_fps = rows.get("deface (blur)", {}).get("fps")
-    print(f"\n{args.video.name}, {os.cpu_count()} cores\n")
-    print("| method | frames/s | × deface | peak RSS (MB) | fallbacks |")
-    print("|---|---|---|---|---|")
-    for name, figures in rows.items():
-        ratio = f"{figures['fps'] / deface_fps:.2f}" if deface_fps else "-"
-        rss = f"{figures['peak_rss_mb']:.0f}" if "peak_rss_mb" in figures else "-"
-        print(f"| {name} | {figures['fps']:.1f} | {ratio} | {rss} | {figures.get('fallbacks', '-')} |")
+    table, stages = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for case in args.cases.split(","):
+            video = case_video(case, args.frames, workdir)
+            rows = {}
+            for method in args.methods.split(","):
+                rows[method] = run_method(video, method, workdir)
+                print(f"{case} {method}: {rows[method]['fps']:.1f} frames/s", file=sys.stderr)
+            if not args.no_deface:
+                rows["deface"] = run_deface(video, workdir, next(iter(rows.values()))["frames"])
+                print(f"{case} deface: {rows['deface']['fps']:.1f} frames/s", file=sys.stderr)
+            if not args.no_stages:
+                stages[case] = run_stages(video, workdir)
+            table.append((case, rows))
+    print(f"\n{os.cpu_count()} cores; composed clips {args.frames} frames\n")
+    print("| input | method | frames/s | × deface | peak RSS (MB) | fallbacks |")
+    print("|---|---|---|---|---|---|")
+    for case, rows in table:
+        deface_fps = rows.get("deface", {}).get("fps")
+        for name, figures in rows.items():
+            ratio = f"{figures['fps'] / deface_fps:.2f}" if deface_fps else "-"
+            rss = f"{figures['peak_rss_mb']:.0f}" if "peak_rss_mb" in figures else "-"
+            print(f"| {case} | {name} | {figures['fps']:.1f} | {ratio} | {rss} | {figures.get('fallbacks', '-')} |")
+    if stages:
+        print("\nmethod dp, milliseconds per frame, stages one after another in one thread\n")
+        names = next(iter(stages.values())).keys()
+        print("| input | " + " | ".join(names) + " | sum |")
+        print("|---|" + "---|" * (len(names) + 1))
+        for case, times in stages.items():
+            print(f"| {case} | " + " | ".join(f"{v:.1f}" for v in times.values()) + f" | {sum(times.values()):.1f} |")
 
 
 if __name__ == "__main__":
