@@ -24,7 +24,12 @@ FACE_COUNTS = (1, 2, 3, 5, 10)
 RESOLUTIONS = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 
 CHILD = """
-import json, resource, sys, dpstream
+import json, sys, dpstream
+
+def peak_rss_mb():
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 rss = []
 
@@ -35,7 +40,7 @@ def sample(result, summary):
 
 summary = dpstream.anonymize(sys.argv[1], sys.argv[2], method=sys.argv[3], overwrite=True, on_frame=sample)
 print(json.dumps({"fps": summary.fps, "frames": summary.frames, "rss": rss,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 

@@ -31,10 +31,15 @@ RESOLUTIONS = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 ALL_CASES = ("talking", *(f"{res}-{faces}" for res in RESOLUTIONS for faces in (1, 3, 10)))
 
 CHILD = """
-import json, resource, sys, dpstream
+import json, sys, dpstream
+
+def peak_rss_mb():
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 summary = dpstream.anonymize(sys.argv[1], sys.argv[2], method=sys.argv[3], overwrite=True)
 print(json.dumps({"frames": summary.frames, "seconds": summary.seconds, "fallbacks": summary.fallbacks,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 

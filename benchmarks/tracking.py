@@ -91,7 +91,7 @@ def main() -> None:
     frames = grid_frames(3, 1280, 720, args.frames)
     rows = {"every frame": run(frames, 1), f"every {args.detect_every}th frame": run(frames, args.detect_every)}
     print(f"\n720p, 3 faces, {args.frames} frames; milliseconds per frame\n")
-    print("| detection | detection | mesh (re-)fit | tracker | total | faces/frame | track ids |")
+    print("| detector runs on | detection | mesh (re-)fit | tracker | total | faces/frame | track ids |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['detection']:.1f} | {r['mesh']:.1f} | {r['tracker']:.2f} | {r['total']:.1f} | {r['faces']:.2f} | {r['tracks']} |")

@@ -12,7 +12,7 @@ import yaml
 from dpstream.face_model import FaceModel, ManifestError, RenderError, load_manifest
 from dpstream.face_model.alignment import MESH_POINTS, fit_similarity, warp_vertices
 from dpstream.face_model.appearance import AppearanceTemplate
-from dpstream.face_model.manifest import DEFAULT_MANIFEST
+from dpstream.face_model.manifest import BUILT_IN_MANIFESTS, DEFAULT_MANIFEST
 
 SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -111,6 +111,28 @@ def test_default_manifest_fields_and_package_size():
     assert sum(p.stat().st_size for p in assets.iterdir()) < 40e6
 
 
+def test_refiner_stage_runs_and_changes_the_rendered_face(model):
+    unrefined_model, model = model, FaceModel.load("refined")
+    backend = model._backend
+    assert backend.refiner is not None and model.manifest.refiner is not None
+    texture, _ = backend.decode(model.post_process(np.random.default_rng(5).normal(size=model.dim)),
+                                np.zeros(backend.template.expression_std.shape))  # fmt: skip
+    refined = backend.refine(texture)
+    assert refined.shape == texture.shape and np.isfinite(refined).all()
+    assert np.abs(refined - texture).mean() > 1.0  # it really changes the decoded texture
+    assert np.abs(refined - texture).mean() < 40.0  # and keeps it a face of the same colours
+
+    assert unrefined_model._backend.refiner is None  # the default model has no refiner
+    image, landmarks = synthetic_face()
+    identity = model.post_process(np.random.default_rng(6).normal(size=model.dim))
+    with_refiner, without_refiner = image.copy(), image.copy()
+    model.render(with_refiner, landmarks, identity)
+    unrefined_model.render(without_refiner, landmarks, identity)
+    centre = landmarks[:MESH_POINTS].mean(0).astype(int)
+    face = (slice(centre[1] - 20, centre[1] + 20), slice(centre[0] - 20, centre[0] + 20))
+    assert np.abs(with_refiner[face].astype(int) - without_refiner[face]).mean() > 1.0
+
+
 def write_manifest(folder: Path, data: dict) -> Path:
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -129,11 +151,13 @@ def write_manifest(folder: Path, data: dict) -> Path:
         (lambda m: m["alignment"].update(template="missing.npz"), "alignment.template"),
         (lambda m: m["post_processing"].update(codebook="missing.npy"), "post_processing.codebook"),
         (lambda m: m["post_processing"].update(neighbours=0), "post_processing.neighbours"),
+        (lambda m: m["refiner"].update(file="missing.onnx"), "refiner.file"),
+        (lambda m: m["refiner"]["inputs"].update(texture=[1, 3, 64, 64]), "refiner"),
     ],
 )
 def test_manifest_validation_names_the_bad_key(tmp_path, change, message):
-    raw = yaml.safe_load(DEFAULT_MANIFEST.read_text())
-    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy"):
+    raw = yaml.safe_load(BUILT_IN_MANIFESTS["refined"].read_text())
+    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy", "refiner.onnx"):
         (tmp_path / name).symlink_to(DEFAULT_MANIFEST.parent / name)
     change(raw)
     with pytest.raises(ManifestError, match=message):

@@ -302,11 +302,12 @@ def pooled_noisy_rows(results: list[MethodResult]) -> list[str]:
 
 
 def write_report(results, baselines, timings, model, args) -> None:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "# DP face model: privacy/utility on LFW eval identities",
         "",
-        f"Model `{model.manifest.name}` (dim {model.dim}, clip norm {model.clip_norm}), "
+        f"Model `{model.manifest.name}` (dim {model.dim}, clip norm {model.clip_norm}, "
+        f"refiner: {model.manifest.refiner.path.name if model.manifest.refiner else 'none'}), "
         f"{results[0].faces} probe faces ({args.probes_per_identity} per identity, 158 identities, seed {args.seed}). "
         f"Attacker: dlib ResNet, same person at distance < {DLIB_THRESHOLD}. Judge: YuNet (score ≥ {YUNET_SCORE}). "
         f"Noise: analytic Gaussian, Δ = 2·clip_norm, δ = {DELTA:g}, then the model's post-processing (mix of the nearest codebook identities, scaled to the typical norm).",
@@ -335,7 +336,7 @@ def write_report(results, baselines, timings, model, args) -> None:
         "colour field, softened context around the region) still give the attacker. "
         "`other-person`: another eval identity's own code rendered onto the face — the floor.",
         "",
-        "## Time per face (encode + decode + warp + blend, 2 threads, median of 100)",
+        "## Time per face (encode + decode + refine + warp + blend, 2 threads, median of 100)",
         "",
         *[f"- {k}: {v}" for k, v in timings.items()],
         "",
@@ -343,10 +344,10 @@ def write_report(results, baselines, timings, model, args) -> None:
         + " ".join(a for a in sys.argv[1:])
         + "`",
     ]
-    (RESULTS_DIR / "face_model_eval.md").write_text("\n".join(lines) + "\n")
+    (args.results_dir / "face_model_eval.md").write_text("\n".join(lines) + "\n")
 
 
-def plot(results, baselines_far: float) -> None:
+def plot(results, baselines_far: float, results_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,7 +375,7 @@ def plot(results, baselines_far: float) -> None:
     axes.set_title("Privacy vs utility, LFW eval (good: bottom right)")
     axes.legend(fontsize=8, loc="upper center")
     figure.tight_layout()
-    figure.savefig(RESULTS_DIR / "privacy_utility.png", dpi=120)
+    figure.savefig(results_dir / "privacy_utility.png", dpi=120)
 
 
 def main() -> None:
@@ -384,6 +385,7 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated subset, e.g. dp-4,mean,blur")
     parser.add_argument("--manifest", default=None, help="model manifest (default: the shipped model)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the table and plot go")
     args = parser.parse_args()
     started = time.time()
 
@@ -425,8 +427,8 @@ def main() -> None:
         results.append(result)
         print(f"{result} ({time.time() - started:.0f} s)", file=sys.stderr)
         write_report(results, baselines, timings, model, args)  # after each method: partial runs leave a table
-        plot(results, far)
-    print(f"done in {time.time() - started:.0f} s -> {RESULTS_DIR}", file=sys.stderr)
+        plot(results, far, args.results_dir)
+    print(f"done in {time.time() - started:.0f} s -> {args.results_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

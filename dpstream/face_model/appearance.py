@@ -2,11 +2,14 @@
 
 The identity vector holds whitened identity-shape modes and whitened texture modes. From the
 frame come only a similarity transform, a few pose/expression-mode coefficients and coarse
-colour statistics: the decoded face is warped onto the resulting mesh, colour-matched by a
-smooth (affine) field fitted on a band just inside the face outline, lightly sharpened, and
-drawn over two rings outside the mesh: up to the inner ring it crossfades to a heavily softened
-copy of the frame (hairline, ears and jaw edge lose their detail), and from the inner to the
-outer ring it fades into the untouched frame.
+colour statistics. The decoded texture goes through the manifest's refiner (when there is
+one; post-processing of the decoder's output), its rim inside the face outline is replaced by
+a smooth extension of its own inner skin, its contrast is limited to the frame face's and its
+colour matched by a smooth (affine) field fitted on a band just inside the face outline; it is
+lightly sharpened, warped onto the resulting mesh and drawn over two rings outside the mesh:
+up to the inner ring it crossfades to a heavily softened copy of the frame (hairline, ears and
+jaw edge lose their detail), and from the inner to the outer ring it fades into the untouched
+frame.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dpstream.face_model.alignment import MESH_POINTS, Similarity, fit_similarity, warp_vertices
+from dpstream.face_model.alignment import FACE_OVAL, MESH_POINTS, Similarity, fit_similarity, warp_vertices
 from dpstream.face_model.errors import RenderError
 from dpstream.face_model.kernels import blend_into, rasterize_canonical, sample_canonical
 from dpstream.face_model.manifest import Manifest
@@ -30,7 +33,13 @@ MAX_FOLDED_AREA = 0.10
 RASTER_MAX_PX = 224
 """Faces larger than this are rasterized at this size and upscaled (the texture is 128 px)."""
 SHARPEN_AMOUNT = 0.6
-"""Unsharp-mask strength on the decoded texture (the linear decoder's faces are soft)."""
+"""Unsharp-mask strength on the decoded texture of a model without a refiner (linear decoders are soft)."""
+REFINED_SHARE = 0.5
+"""Share of the refiner's change that is applied. Fully refined faces look more real, and then
+the cues the renderer keeps from the frame (hair, outline, pose, colour) count for more: dlib
+accepted about 2 % of fully refined anonymized faces as the original person, about 1 % at half."""
+REFINED_SHARPEN_AMOUNT = 0.4
+"""Unsharp-mask strength after the refiner (faces upscaled beyond the 128-px texture still soften)."""
 SHARPEN_SIGMA_PX = 1.5
 """Scale (canonical pixels) of the detail the unsharp mask enhances."""
 SOFTEN_SIGMA_PX = 4.0
@@ -39,6 +48,13 @@ MAX_EXPRESSION_SD = 8.0
 """Pose/expression coefficients beyond this many standard deviations mean an implausible mesh."""
 EXPRESSION_CLIP_SD = 4.0
 """Pose/expression coefficients are limited to this many standard deviations before decoding."""
+OUTLINE_FILL_PX = 6.0
+"""Depth (canonical pixels, ~1/18 of the face) inside the outline where the decoded face is
+replaced by a smooth extension of its own inner skin."""
+OUTLINE_FILL_SIGMA_PX = 4.0
+"""Blur (canonical pixels) of that extension."""
+CONTRAST_GAIN_RANGE = (0.55, 1.0)
+"""Bounds of the per-channel contrast scale applied to the decoded face (it is only ever reduced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,9 @@ class AppearanceTemplate:
     decoded_weight: np.ndarray  # (S, S, 1) float32: decoded face vs softened frame in the outer band
     hull_mask: np.ndarray  # (S, S) float32: 1 where the warp covers the canonical grid
     band_pixels: np.ndarray  # (B,) flat indices of the colour-matching band
+    interior_pixels: np.ndarray  # (I,) flat indices where only the decoded face is shown
+    inner_weight: np.ndarray  # (S, S, 1) 0 on the face outline, 1 from OUTLINE_FILL_PX inside it
+    inner_weight_blurred: np.ndarray  # (S, S, 1) its blur, the normalizer of the outline fill
     colour_design: np.ndarray  # (S*S, 3) [1, u, v] per canonical pixel for the colour field
     mesh_triangle_areas: np.ndarray  # (M,) signed canonical areas of triangles inside the mesh
     mesh_triangles: np.ndarray  # (M, 3)
@@ -67,6 +86,7 @@ class AppearanceTemplate:
         grid = (np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2) / (size - 1)) * 2 - 1
         triangles = data["triangles"].astype(np.int32)
         mesh_triangles = triangles[(triangles < MESH_POINTS).all(1)]
+        inner_weight = depth_ramp(data["canonical_vertices"], size, OUTLINE_FILL_PX)
         return cls(
             mean_shape=data["mean_shape"].astype(np.float64),
             expression_basis=data["expression_basis"].astype(np.float64),
@@ -79,6 +99,9 @@ class AppearanceTemplate:
             decoded_weight=data["decoded_weight"][..., None].astype(np.float32),
             hull_mask=(data["pixel_triangle"] >= 0).astype(np.float32),
             band_pixels=np.flatnonzero(data["colour_band"].reshape(-1) > 0),
+            interior_pixels=np.flatnonzero(data["decoded_weight"].reshape(-1) > 0.99),
+            inner_weight=inner_weight,
+            inner_weight_blurred=np.maximum(cv2.GaussianBlur(inner_weight, (0, 0), OUTLINE_FILL_SIGMA_PX), 1e-3)[..., None],
             colour_design=np.hstack([np.ones((len(grid), 1)), grid]).astype(np.float32),
             mesh_triangle_areas=signed_areas(data["canonical_vertices"].astype(np.float64), mesh_triangles),
             mesh_triangles=mesh_triangles,
@@ -92,6 +115,44 @@ class AppearanceTemplate:
 def signed_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
     return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+
+def depth_ramp(canonical_vertices: np.ndarray, size: int, width_px: float) -> np.ndarray:
+    """(S, S, 1) smoothstep from 0 on the face outline to 1 at ``width_px`` inside it."""
+    oval = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(oval, [np.round(np.asarray(canonical_vertices)[list(FACE_OVAL)]).astype(np.int32)], 1)
+    ramp = np.clip((cv2.distanceTransform(oval, cv2.DIST_L2, 5) - 1) / width_px, 0.0, 1.0)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)[..., None]
+
+
+def fill_outline(decoded: np.ndarray, template: AppearanceTemplate) -> np.ndarray:
+    """``decoded`` with the strip inside its outline replaced by a smooth extension of its inner skin.
+
+    The decoder's texture there averages skin, shadow and background over many faces and draws a
+    dark rim around the rendered face. The fill uses the decoded face only, no frame pixels.
+    """
+    t = template
+    fill = cv2.GaussianBlur(decoded * t.inner_weight, (0, 0), OUTLINE_FILL_SIGMA_PX) / t.inner_weight_blurred
+    return t.inner_weight * decoded + (1.0 - t.inner_weight) * fill
+
+
+def match_colour(original: np.ndarray, decoded: np.ndarray, template: AppearanceTemplate) -> np.ndarray:
+    """``decoded`` (S, S, 3) with its contrast limited to the frame's and its colour matched to it.
+
+    Per channel, the decoded face's spread around its mean is scaled down (never up) to that of
+    the frame's face, so a crisp decoded face does not look painted onto a soft, flat-lit one
+    (dark eye sockets on a low-contrast webcam face); then a smooth affine field fitted on a band
+    just inside the outline matches the skin colour. Only coarse statistics of the frame are used.
+    """
+    t = template
+    flat_original, flat_decoded = original.reshape(-1, 3), decoded.reshape(-1, 3)
+    interior_original, interior_decoded = flat_original[t.interior_pixels], flat_decoded[t.interior_pixels]
+    centre = interior_decoded.mean(0)
+    gain = np.clip(interior_original.std(0) / np.maximum(interior_decoded.std(0), 1.0), *CONTRAST_GAIN_RANGE)
+    adjusted = centre + (flat_decoded - centre) * gain.astype(np.float32)
+    difference = flat_original[t.band_pixels] - adjusted[t.band_pixels]
+    coefficients = fit_colour_field(difference, t.colour_design[t.band_pixels]).astype(np.float32)
+    return (adjusted + t.colour_design @ coefficients).reshape(decoded.shape)
 
 
 def fit_colour_field(difference: np.ndarray, design: np.ndarray) -> np.ndarray:
@@ -113,6 +174,7 @@ class AppearanceModel:
         self.template = AppearanceTemplate.load(manifest.template_path)
         self.encoder = create_session(manifest.encoder.path, threads)
         self.decoder = create_session(manifest.decoder.path, threads)
+        self.refiner = create_session(manifest.refiner.path, threads) if manifest.refiner is not None else None
 
     def _pose(self, landmarks: np.ndarray) -> Similarity:
         """Similarity mapping aligned shape units onto this face, after sanity checks."""
@@ -154,6 +216,17 @@ class AppearanceModel:
         )
         return np.ascontiguousarray(texture[0].transpose(1, 2, 0)), shape[0].astype(np.float64)
 
+    def refine(self, texture: np.ndarray) -> np.ndarray:
+        """The refiner stage on a decoded (S, S, 3) texture: ``REFINED_SHARE`` of its change is
+        applied (the texture is unchanged when the model has no refiner).
+
+        It sees only the decoder's output, never the frame: post-processing of the DP release.
+        """
+        if self.refiner is None:
+            return texture
+        (refined,) = self.refiner.run(None, {self.manifest.refiner.input_name: texture.transpose(2, 0, 1)[None]})
+        return np.ascontiguousarray(texture + REFINED_SHARE * (refined[0].transpose(1, 2, 0) - texture))
+
     def expression_code(self, landmarks: np.ndarray, to_frame: Similarity) -> np.ndarray:
         """This frame's pose/expression coefficients (the only shape information taken from it)."""
         t = self.template
@@ -169,15 +242,12 @@ class AppearanceModel:
         t = self.template
         to_frame = self._pose(landmarks)
         texture, shape = self.decode(identity, self.expression_code(landmarks, to_frame))
-        # colour: a smooth field matching the decoded skin to the frame along the face outline
+        texture = fill_outline(self.refine(texture), t)
         original = self._texture(image_rgb, landmarks)
-        decoded = texture.reshape(-1, 3)
-        band = t.band_pixels
-        difference = original.reshape(-1, 3)[band] - decoded[band]
-        coefficients = fit_colour_field(difference, t.colour_design[band]).astype(np.float32)
-        texture = (decoded + t.colour_design @ coefficients).reshape(t.size, t.size, 3)
-        if SHARPEN_AMOUNT > 0:
-            texture += SHARPEN_AMOUNT * (texture - cv2.GaussianBlur(texture, (0, 0), SHARPEN_SIGMA_PX))
+        texture = match_colour(original, texture, t)
+        sharpen = SHARPEN_AMOUNT if self.refiner is None else REFINED_SHARPEN_AMOUNT
+        if sharpen > 0:
+            texture += sharpen * (texture - cv2.GaussianBlur(texture, (0, 0), SHARPEN_SIGMA_PX))
         # outside the mesh: the frame, heavily softened, so hair/ear/outline detail does not survive
         softened = cv2.GaussianBlur(original, (0, 0), SOFTEN_SIGMA_PX) / np.maximum(
             cv2.GaussianBlur(t.hull_mask, (0, 0), SOFTEN_SIGMA_PX), 1e-3

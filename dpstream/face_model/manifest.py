@@ -12,6 +12,11 @@ Two kinds are supported:
   (eye centres, nose tip, mouth corners) to ``alignment.five_points`` given as fractions of
   the crop size (default: the ArcFace template).
 
+Optional ``refiner`` (appearance models): a network from the decoder's canonical texture
+(1x3xSxS, 0..255 RGB, its one input) to a refined texture of the same shape, run after the
+decoder and before colour matching. It sees only the decoder's output, so it is
+post-processing of the DP release like the codebook below.
+
 Optional ``post_processing``: ``codebook`` (a .npy of K plausible identity vectors) and
 ``neighbours``: a noisy release is replaced by the mean of the ``neighbours`` codebook entries
 most aligned with it, scaled to ``typical_norm`` (without a codebook: the noisy vector itself,
@@ -36,6 +41,9 @@ ARCFACE_FIVE_POINTS = np.array(
 """The usual 5-point face-swap/recognition template as fractions of the crop size."""
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "assets" / "manifest.yaml"
+BUILT_IN_MANIFESTS = {"default": DEFAULT_MANIFEST, "refined": DEFAULT_MANIFEST.with_name("manifest_refined.yaml")}
+"""Models shipped in the package, by name: ``refined`` adds the refiner stage (sharper faces; a
+recognizer matches them to the original person somewhat more often, see PRIVACY.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,10 @@ class NetworkSpec:
     outputs: dict[str, tuple[int, ...]]
     normalization: Normalization
 
+    @property
+    def input_name(self) -> str:
+        return next(iter(self.inputs))
+
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
@@ -83,6 +95,7 @@ class Manifest:
     five_points: np.ndarray  # face_swap: (5, 2) alignment template, fractions of the crop size
     codebook_path: Path | None = None  # post-processing: plausible identities (K, D)
     codebook_neighbours: int = 1  # how many nearest codebook identities a release is mixed from
+    refiner: NetworkSpec | None = None  # appearance: post-decoder texture refiner
 
 
 def _require(mapping: dict, key: str, where: str):
@@ -146,6 +159,10 @@ def _check_appearance(manifest: Manifest) -> None:
         raise ManifestError(f"model manifest: 'decoder.inputs.identity' must end in embedding_dim {dim}")
     if manifest.template_path is None or not manifest.template_path.is_file():
         raise ManifestError(f"model manifest: 'alignment.template' not found: {manifest.template_path}")
+    if manifest.refiner is not None:
+        texture = (1, 3, manifest.crop_size, manifest.crop_size)
+        if list(manifest.refiner.inputs.values()) != [texture] or list(manifest.refiner.outputs.values()) != [texture]:
+            raise ManifestError(f"model manifest: 'refiner' must map one {texture} texture to one {texture} texture")
 
 
 def _check_face_swap(manifest: Manifest) -> None:
@@ -166,8 +183,9 @@ def _check_face_swap(manifest: Manifest) -> None:
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:
-    """Read and validate a manifest; ``None`` is the default model shipped in the package."""
-    path = Path(path) if path is not None else DEFAULT_MANIFEST
+    """Read and validate a manifest: a path, the name of a built-in model (``BUILT_IN_MANIFESTS``),
+    or ``None`` for the default model."""
+    path = BUILT_IN_MANIFESTS.get(str(path), Path(path)) if path is not None else DEFAULT_MANIFEST
     if not path.is_file():
         raise ManifestError(f"model manifest not found: {path}")
     try:
@@ -210,6 +228,9 @@ def _parse_manifest(raw: dict, path: Path) -> Manifest:
         five_points=five_points,
         codebook_path=folder / str(codebook) if codebook is not None else None,
         codebook_neighbours=_positive(post_processing.get("neighbours", 1), "post_processing.neighbours", int),
+        refiner=_network(raw["refiner"], "refiner", folder) if raw.get("refiner") is not None else None,
     )
+    if manifest.refiner is not None and kind != "appearance":
+        raise ManifestError("model manifest: 'refiner' is only supported for kind 'appearance'")
     (_check_appearance if kind == "appearance" else _check_face_swap)(manifest)
     return manifest

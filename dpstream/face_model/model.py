@@ -37,8 +37,11 @@ class FaceModel:
             self._codebook_directions = codebook / np.linalg.norm(codebook, axis=1, keepdims=True)
 
     @classmethod
-    def load(cls, manifest_path: str | Path | None = None, threads: int = 2) -> FaceModel:
-        """Load a model from its manifest; ``None`` loads the default model shipped in the package."""
+    def load(cls, manifest_path: str | Path | None = None, threads: int = 1) -> FaceModel:
+        """Load a model from its manifest, a built-in model name, or ``None`` (the default model).
+
+        One ONNX Runtime thread by default: in a file run decoding and encoding use the other core.
+        """
         manifest = load_manifest(manifest_path)
         backend = AppearanceModel(manifest, threads) if manifest.kind == "appearance" else SwapModel(manifest, threads)
         return cls(manifest, backend)
