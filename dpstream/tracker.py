@@ -150,13 +150,7 @@ class Tracker:
         live = [t for t in self.tracks if not t.stale]
         if not live:
             return Faces.empty(), np.zeros((0, 4), np.float32)
-        predicted = [t.predicted_face(time) for t in live]
-        faces = Faces(
-            np.array([box for box, _ in predicted], np.float32),
-            np.array([t.score for t in live], np.float32),
-            np.array([landmarks for _, landmarks in predicted], np.float32),
-            np.array([t.track_id for t in live], np.int64),
-        )
+        faces = _predicted_faces(live, time, held=False)
         last = np.array([t.box_at_seen for t in live], np.float32)
         search = np.concatenate([np.minimum(faces.boxes[:, :2], last[:, :2]), np.maximum(faces.boxes[:, 2:], last[:, 2:])], 1)
         return faces, search
@@ -211,15 +205,7 @@ class Tracker:
         result = Faces(faces.boxes.copy(), faces.scores.copy(), landmarks, ids)
         if not held:
             return result
-        predicted = [t.predicted_face(time) for t in held]
-        held_faces = Faces(
-            np.array([box for box, _ in predicted], np.float32),
-            np.array([t.score for t in held], np.float32),
-            np.array([lm for _, lm in predicted], np.float32),
-            np.array([t.track_id for t in held], np.int64),
-            np.ones(len(held), bool),
-        )
-        return Faces.concatenate([result, held_faces])
+        return Faces.concatenate([result, _predicted_faces(held, time, held=True)])
 
     def mark_scene_cut(self) -> None:
         """After a cut no face continues an earlier track; earlier tracks are only held."""
@@ -266,6 +252,18 @@ class Tracker:
         track.center_at_seen, track.size_at_seen = np.asarray(center), size
         track.box_at_seen = np.asarray(box, np.float32).copy()
         return track.landmarks
+
+
+def _predicted_faces(tracks: list[Track], time: float, held: bool) -> Faces:
+    """The faces of ``tracks`` where they are expected at ``time``."""
+    predicted = [t.predicted_face(time) for t in tracks]
+    return Faces(
+        np.array([box for box, _ in predicted], np.float32),
+        np.array([t.score for t in tracks], np.float32),
+        np.array([landmarks for _, landmarks in predicted], np.float32),
+        np.array([t.track_id for t in tracks], np.int64),
+        np.full(len(tracks), held),
+    )
 
 
 def association_similarity(

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dpstream.tracker import box_iou  # noqa: F401  (the same IoU as the pipeline's; re-exported)
+
 SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 MODELS = SHARED / "data" / "models"
 YUNET_MODEL = MODELS / "face_detection_yunet_2023mar.onnx"
@@ -107,20 +109,6 @@ def hard_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
         if len(order):
             order = order[box_iou(boxes[best : best + 1], boxes[order])[0] <= iou_threshold]
     return np.array(kept, np.int64)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of x0, y0, x1, y1 boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
 
 
 class DlibHog:
