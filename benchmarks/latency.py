@@ -79,8 +79,8 @@ def main() -> None:
     lines = [
         f"# Live latency: {Path(args.source).name} paced in real time, configs/relay.yaml",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, load average {load:.1f} at the start "
-        "(other processes were running: figures are distorted by the load).",
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, load average {load:.1f} at the start"
+        + (" (other processes were running: figures are distorted by the load)." if load > 1.5 else "."),
         "Latency = frame decoded -> anonymized frame encoded and written; drop = frames dropped unprocessed "
         "because anonymizing fell behind (live_queue = 2).",
         "",
