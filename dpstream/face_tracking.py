@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from dpstream.face_finder import DUPLICATE_OVERLAP, FaceFinder
-from dpstream.tracker import Tracker, box_iou
+from dpstream.tracker import Tracker, box_areas, box_iou, overlap_of_smaller
 from dpstream.types import Faces, VideoFrame
 
 REFIT_MIN_OVERLAP = 0.3
@@ -67,7 +67,7 @@ class FaceTracking:
         landmarks = np.stack([landmarks for _, landmarks in fitted])
         boxes = mesh_boxes(landmarks)
         overlap = np.maximum(box_iou(boxes, predicted.boxes[keep]).diagonal(), box_iou(boxes, search_boxes[keep]).diagonal())
-        size_ratio = np.sqrt(_areas(boxes) / np.maximum(_areas(predicted.boxes[keep]), 1e-6))
+        size_ratio = np.sqrt(box_areas(boxes) / np.maximum(box_areas(predicted.boxes[keep]), 1e-6))
         valid = (overlap >= REFIT_MIN_OVERLAP) & (size_ratio > 0.5) & (size_ratio < 2.0)
         # two tracks whose meshes landed on the same face: the better-placed one keeps it
         for a in range(len(keep)):
@@ -114,15 +114,6 @@ def _scaled(box: np.ndarray, factor: float) -> np.ndarray:
     return np.concatenate([center - half, center + half])
 
 
-def _areas(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
 def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
     """The intersection covers ``DUPLICATE_OVERLAP`` of the smaller box."""
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return False
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return ix * iy >= DUPLICATE_OVERLAP * smaller
+    return bool(overlap_of_smaller(a[None], b[None])[0, 0] >= DUPLICATE_OVERLAP)

@@ -284,24 +284,37 @@ def _behind_a_seen_face(box: np.ndarray, seen_boxes: np.ndarray) -> bool:
     """A seen face covers at least a quarter of ``box``."""
     if len(seen_boxes) == 0:
         return False
-    ix = np.clip(np.minimum(box[2], seen_boxes[:, 2]) - np.maximum(box[0], seen_boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], seen_boxes[:, 3]) - np.maximum(box[1], seen_boxes[:, 1]), 0, None)
-    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)
-    return bool((ix * iy / area >= 0.25).any())
+    covered = box_intersections(box[None], seen_boxes)[0] / max(box_areas(box[None])[0], 1e-6)
+    return bool((covered >= 0.25).any())
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """(N,) areas of x0, y0, x1, y1 boxes."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection areas of x0, y0, x1, y1 boxes."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    return np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) intersection over union of x0,y0,x1,y1 boxes."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), np.float32)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
+    inter = box_intersections(a, b)
+    return inter / np.maximum(box_areas(a)[:, None] + box_areas(b)[None, :] - inter, 1e-6)
+
+
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection over the smaller box's area (for boxes drawn by different
+    conventions, e.g. a detector's box inside a mesh's box)."""
+    smaller = np.minimum(box_areas(a)[:, None], box_areas(b)[None, :])
+    return box_intersections(a, b) / np.maximum(smaller, 1e-6)
 
 
 def _box_geometry(box: np.ndarray) -> tuple[tuple[float, float], float, float]:

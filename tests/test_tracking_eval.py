@@ -172,7 +172,8 @@ def test_occlusion_and_leaving_are_in_the_ground_truth():
 
 @requires_shared
 def test_judges_agree_on_a_real_face_and_dlib_tells_people_apart(shared_video):
-    from tools.judges import DlibRecognizer, UltraFace, YuNet, box_iou
+    from dpstream.tracker import box_iou
+    from tools.judges import DlibRecognizer, UltraFace, YuNet
 
     frames = decoded_frames(shared_video("talking_720p_s18.mp4"))
     first = next(frames)

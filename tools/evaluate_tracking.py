@@ -59,7 +59,8 @@ import dpstream  # noqa: E402
 from dpstream.config import Config, load_config  # noqa: E402
 from dpstream.regions import face_region  # noqa: E402
 from dpstream.types import Faces, ReplacedFrame  # noqa: E402
-from tools.judges import DLIB_SAME_PERSON, SHARED, DlibHog, DlibRecognizer, UltraFace, YuNet, box_iou  # noqa: E402
+from dpstream.tracker import box_iou, overlap_of_smaller  # noqa: E402
+from tools.judges import DLIB_SAME_PERSON, SHARED, DlibHog, DlibRecognizer, UltraFace, YuNet  # noqa: E402
 from tools.synthetic_sequences import PRESETS, FrameTruth, Scenario, write_video  # noqa: E402
 
 IOU_MATCH = 0.5
@@ -376,18 +377,6 @@ class Judges:
             if len(found[index]) and (overlap_of_smaller(found[index], box[None]) >= 0.5).any():
                 return True
         return False
-
-
-def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over the smaller box's area (box conventions differ between detectors)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
 
 
 @dataclass(slots=True)

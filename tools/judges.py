@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dpstream.tracker import box_iou  # noqa: F401  (the same IoU as the pipeline's; re-exported)
+from dpstream.tracker import box_iou
 
 SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 MODELS = SHARED / "data" / "models"
