@@ -20,7 +20,7 @@ def stage_times(video: Path, output: Path, config: Config) -> dict[str, float]:
     seconds: dict[str, float] = defaultdict(float)
     anonymizer = Anonymizer(config)
     _time_method(anonymizer.finder, "detect", seconds)
-    _time_method(anonymizer.finder, "fit_mesh", seconds, "mesh")
+    _time_method(anonymizer.finder.mesh, "fit_box", seconds, "mesh")
     _time_method(anonymizer.tracking.tracker, "predict", seconds, "tracker")
     _time_method(anonymizer.tracking.tracker, "update", seconds, "tracker")
     _time_method(anonymizer.replacer, "replace", seconds)
@@ -39,7 +39,7 @@ def stage_times(video: Path, output: Path, config: Config) -> dict[str, float]:
                 return
             yield frame
 
-    for result in anonymizer.stream(decoded()):
+    for result in anonymizer.stream(decoded(), overlap=False):
         sink.write(result.frame)
         frames += 1
     started = time.perf_counter()

@@ -12,59 +12,24 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import defaultdict
 
 import numpy as np
 from compose import grid_frames
+from stages import _time_method
 
 from dpstream.face_finder import FaceFinder
 from dpstream.face_tracking import FaceTracking
 from dpstream.tracker import Tracker
 
 
-class TimedFinder(FaceFinder):
-    """The real finder, timing its two calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds = {"detect": 0.0, "mesh": 0.0}
-
-    def detect(self, image):
-        started = time.perf_counter()
-        try:
-            return super().detect(image)
-        finally:
-            self.seconds["detect"] += time.perf_counter() - started
-
-    def fit_mesh(self, image, box):
-        started = time.perf_counter()
-        try:
-            return super().fit_mesh(image, box)
-        finally:
-            self.seconds["mesh"] += time.perf_counter() - started
-
-
-class TimedTracker(Tracker):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds = 0.0
-
-    def predict(self, time_s):
-        started = time.perf_counter()
-        try:
-            return super().predict(time_s)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    def update(self, faces, time_s):
-        started = time.perf_counter()
-        try:
-            return super().update(faces, time_s)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-
 def run(frames, detect_every: int) -> dict[str, float]:
-    finder, tracker = TimedFinder(), TimedTracker()
+    finder, tracker = FaceFinder(), Tracker()
+    seconds: dict[str, float] = defaultdict(float)
+    _time_method(finder, "detect", seconds, "detection")
+    _time_method(finder.mesh, "fit_box", seconds, "mesh")
+    _time_method(tracker, "predict", seconds, "tracker")
+    _time_method(tracker, "update", seconds, "tracker")
     tracking = FaceTracking(finder, tracker, detect_every)
     faces_seen = []
     started = time.perf_counter()
@@ -74,9 +39,9 @@ def run(frames, detect_every: int) -> dict[str, float]:
     finder.close()
     per_frame = 1000 / len(frames)
     return {
-        "detection": finder.seconds["detect"] * per_frame,
-        "mesh": finder.seconds["mesh"] * per_frame,
-        "tracker": tracker.seconds * per_frame,
+        "detection": seconds["detection"] * per_frame,
+        "mesh": seconds["mesh"] * per_frame,
+        "tracker": seconds["tracker"] * per_frame,
         "total": total * per_frame,
         "faces": float(np.mean(faces_seen)),
         "tracks": tracker._next_id,

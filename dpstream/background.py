@@ -1,7 +1,9 @@
-"""Decoding and encoding beside the face work: one thread each, bounded queues between.
+"""Pipeline stages on their own threads, bounded queues between.
 
-PyAV decodes and encodes without holding the GIL, so on two cores a file run overlaps reading,
-face work and writing. Errors raised in a background thread are raised again in the caller.
+A file run decodes, finds and tracks faces, replaces them and encodes on four threads. PyAV,
+MediaPipe, LiteRT, ONNX Runtime, OpenCV and the Numba kernels do their work without holding the
+GIL, so on two cores the stages overlap. Errors raised in a background thread are raised again
+in the caller.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ _END = object()
 class Prefetch(Generic[Item]):
     """Iterates ``items`` in a background thread, at most ``size`` items ahead of the reader."""
 
-    def __init__(self, items: Iterable[Item], size: int = 4):
+    def __init__(self, items: Iterable[Item], size: int = 4, name: str = "dpstream-read"):
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(items,), name="dpstream-read", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
         self._thread.start()
 
     def __iter__(self) -> Iterator[Item]:

@@ -1,23 +1,18 @@
-"""Face finding: MediaPipe full-range detection, then a face-mesh fit on each face's crop."""
+"""Face finding: MediaPipe detection (full-range on the frame, short-range on tiles), then a
+face-mesh fit on each face."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-import cv2
 import mediapipe as mp
 import numpy as np
 
-from dpstream.types import NUM_LANDMARKS, Faces, VideoFrame
-
-MESH_CROP_SCALE = 1.5
-"""The mesh runs on a square crop this many times the detection box, so its own
-short-range detector sees a large face whatever the face's size in the frame."""
-
-MESH_CROP_MIN_SIDE = 192
-
+from dpstream.face_mesh import FaceMesh
+from dpstream.types import Faces, VideoFrame
 
 DUPLICATE_OVERLAP = 0.5
 """Two detections are the same face when the intersection covers this much of the smaller box."""
@@ -30,13 +25,28 @@ crop, confirms it."""
 CONFIRM_CROP_SCALE = 3.0
 
 
+@dataclass(slots=True)
+class Detections:
+    """Detected faces: (N, 4) boxes clipped to the image, (N,) scores, (N,) eye-line angles (radians)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    angles: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def select(self, keep) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.angles[keep])
+
+
 class FaceFinder:
-    """Finds every face of a frame: boxes and scores, and 478 landmarks where the mesh fits.
+    """Finds every face of a frame: boxes and scores, and 468 landmarks where the mesh fits.
 
     The full-range detector runs on the whole frame; the short-range detector then runs on
     overlapping square tiles (``tile_levels``: n tiles across the frame's short side, per level)
-    where small and dim faces that the full-range model misses appear large. The mesh runs
-    on an enlarged crop of each detection.
+    where small and dim faces that the full-range model misses appear large. The mesh is fitted
+    in a level region around each detection (``FaceMesh``).
     """
 
     def __init__(self, min_score: float = 0.5, tile_levels: tuple[int, ...] = (1, 2)):
@@ -48,33 +58,32 @@ class FaceFinder:
             self._short_range = mp.solutions.face_detection.FaceDetection(
                 model_selection=0, min_detection_confidence=min_score
             )
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
-            )
             # MediaPipe's native code logs its set-up on the first inference: run one now.
-            self._mesh.process(np.zeros((MESH_CROP_MIN_SIDE, MESH_CROP_MIN_SIDE, 3), np.uint8))
             self._full_range.process(np.zeros((64, 64, 3), np.uint8))
             self._short_range.process(np.zeros((64, 64, 3), np.uint8))
-        self._mesh_logged_setup = False  # the mesh logs once more on its first real face
+        self.mesh = FaceMesh()
 
     def find(self, frame: VideoFrame) -> Faces:
         """Every face of the frame, with detection boxes and fitted meshes."""
-        boxes, scores = self.detect(frame.image)
-        landmarks = np.stack([self.fit_mesh(frame.image, box) for box in boxes]) if len(boxes) else None
-        return Faces(boxes, scores, landmarks) if landmarks is not None else Faces.empty()
+        found = self.detect(frame.image)
+        if not len(found):
+            return Faces.empty()
+        landmarks = np.stack([self.mesh.fit_box(frame.image, box, angle) for box, angle in zip(found.boxes, found.angles)])
+        return Faces(found.boxes, found.scores, landmarks)
 
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 4) boxes clipped to the image and (N,) scores of every face found."""
+    def detect(self, image: np.ndarray) -> Detections:
+        """Every face found in the image."""
         height, width = image.shape[:2]
-        boxes, scores = _detect(self._full_range, image, 0, 0)
+        boxes, scores, angles = _detect(self._full_range, image, 0, 0)
         trusted = [True] * len(boxes)
         for x0, y0, x1, y1 in tiles(height, width, self.tile_levels):
-            tile_boxes, tile_scores = _detect(self._short_range, image[y0:y1, x0:x1], x0, y0)
+            tile_boxes, tile_scores, tile_angles = _detect(self._short_range, image[y0:y1, x0:x1], x0, y0)
             boxes += tile_boxes
             scores += tile_scores
+            angles += tile_angles
             trusted += [score >= TILE_TRUSTED_SCORE for score in tile_scores]
         if not boxes:
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         kept, groups = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
         kept = [
             index
@@ -84,43 +93,20 @@ class FaceFinder:
         box_array = np.asarray(boxes, np.float32).reshape(-1, 4)[kept]
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
-        return box_array, np.asarray(scores, np.float32)[kept]
+        return Detections(box_array, np.asarray(scores, np.float32)[kept], np.asarray(angles, np.float32)[kept])
 
     def _confirmed_close_up(self, image: np.ndarray, box: np.ndarray) -> bool:
         """A second opinion on a low-score tile detection: the full-range detector, run on a
         crop where the face is large, must also see a face there."""
         crop, left, top = _square_crop(image, box, CONFIRM_CROP_SCALE)
-        found, _ = _detect(self._full_range, crop, 0, 0)
+        found, _, _ = _detect(self._full_range, crop, 0, 0)
         x0, y0, x1, y1 = box
         center = ((x0 + x1) / 2 - left, (y0 + y1) / 2 - top)
         return any(bx0 <= center[0] <= bx1 and by0 <= center[1] <= by1 for bx0, by0, bx1, by1 in found)
 
-    def fit_mesh(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """(478, 2) landmarks in frame pixels for the face in ``box``; NaN if the mesh fails."""
-        crop, left, top = _square_crop(image, box, MESH_CROP_SCALE)
-        size = crop.shape[0]
-        scale = 1.0
-        if size < MESH_CROP_MIN_SIDE:
-            scale = MESH_CROP_MIN_SIDE / size
-            crop = cv2.resize(crop, (MESH_CROP_MIN_SIDE, MESH_CROP_MIN_SIDE), interpolation=cv2.INTER_LINEAR)
-        if self._mesh_logged_setup:
-            result = self._mesh.process(crop)
-        else:
-            with native_stderr_silenced():
-                result = self._mesh.process(crop)
-            self._mesh_logged_setup = bool(result.multi_face_landmarks)
-        if not result.multi_face_landmarks:
-            return np.full((NUM_LANDMARKS, 2), np.nan, np.float32)
-        points = result.multi_face_landmarks[0].landmark
-        crop_side = crop.shape[0]
-        xy = np.array([(p.x, p.y) for p in points], np.float32) * crop_side / scale
-        xy += np.array([left, top], np.float32)
-        return xy
-
     def close(self) -> None:
         self._full_range.close()
         self._short_range.close()
-        self._mesh.close()
 
 
 @contextmanager
@@ -137,17 +123,19 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _detect(detector, image: np.ndarray, left: int, top: int) -> tuple[list, list]:
-    """Boxes (frame pixels) and scores of one MediaPipe detector run on ``image``."""
+def _detect(detector, image: np.ndarray, left: int, top: int) -> tuple[list, list, list]:
+    """Boxes (frame pixels), scores and eye-line angles of one MediaPipe detector run on ``image``."""
     height, width = image.shape[:2]
     result = detector.process(np.ascontiguousarray(image))
-    boxes, scores = [], []
+    boxes, scores, angles = [], [], []
     for detection in result.detections or []:
         rel = detection.location_data.relative_bounding_box
         x0, y0 = left + rel.xmin * width, top + rel.ymin * height
         boxes.append((x0, y0, x0 + rel.width * width, y0 + rel.height * height))
         scores.append(detection.score[0])
-    return boxes, scores
+        right_eye, left_eye = detection.location_data.relative_keypoints[:2]
+        angles.append(float(np.arctan2((left_eye.y - right_eye.y) * height, (left_eye.x - right_eye.x) * width)))
+    return boxes, scores, angles
 
 
 def tiles(height: int, width: int, levels: tuple[int, ...]) -> list[tuple[int, int, int, int]]:

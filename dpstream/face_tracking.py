@@ -2,9 +2,10 @@
 
 Key frames (every ``detect_every`` frames, and every scene cut) run the full detector; on the
 frames between, each track's mesh is re-fitted on a crop at its predicted place, which is
-cheaper and follows the face as closely. The mesh model runs its own face detector on that crop,
-so a face that left the crop is not "found" there; a track whose re-fit fails is held by the
-tracker at its predicted place and looked for again on every following frame.
+cheaper and follows the face as closely. The mesh is fitted at the predicted place, then in the
+search box (predicted and last seen boxes joined), then once more wider; its face-presence score
+says when the face is not there. A track whose re-fit fails is held by the tracker at its
+predicted place and looked for again on every following frame.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from dpstream.face_finder import DUPLICATE_OVERLAP, FaceFinder
+from dpstream.face_mesh import eye_line_angle
 from dpstream.tracker import Tracker, box_areas, box_iou, overlap_of_smaller
 from dpstream.types import Faces, VideoFrame
 
@@ -56,11 +58,12 @@ class FaceTracking:
         predicted faces whose mesh is not found there (or lands on another face) are left out."""
         fitted = []
         for index, box in enumerate(search_boxes):
-            landmarks = self.finder.fit_mesh(image, box)
-            if np.isnan(landmarks).any():  # the face moved further: look once more, wider
-                landmarks = self.finder.fit_mesh(image, _scaled(box, WIDER_SEARCH))
-            if not np.isnan(landmarks).any():
-                fitted.append((index, landmarks))
+            angle = eye_line_angle(predicted.landmarks[index])
+            for place in (predicted.boxes[index], box, _scaled(box, WIDER_SEARCH)):
+                landmarks = self.finder.mesh.fit_box(image, place, angle)
+                if not np.isnan(landmarks).any():
+                    fitted.append((index, landmarks))
+                    break
         if not fitted:
             return Faces.empty()
         keep = np.array([index for index, _ in fitted])
@@ -84,12 +87,12 @@ class FaceTracking:
 
     def _new_faces(self, image: np.ndarray, known: Faces) -> Faces:
         """Detected faces that are not one of ``known``, with meshes (boxes from the mesh)."""
-        boxes, scores = self.finder.detect(image)
-        new = [i for i in range(len(boxes)) if not any(_same_face(boxes[i], box) for box in known.boxes)]
+        found = self.finder.detect(image)
+        new = [i for i in range(len(found)) if not any(_same_face(found.boxes[i], box) for box in known.boxes)]
         if not new:
             return Faces.empty()
-        boxes, scores = boxes[new], scores[new]
-        landmarks = np.stack([self.finder.fit_mesh(image, box) for box in boxes])
+        boxes, scores, angles = found.boxes[new], found.scores[new], found.angles[new]
+        landmarks = np.stack([self.finder.mesh.fit_box(image, box, angle) for box, angle in zip(boxes, angles)])
         for index, box in enumerate(boxes):
             if not np.isnan(landmarks[index]).any() and not _same_face(mesh_boxes(landmarks[index][None])[0], box):
                 landmarks[index] = np.nan  # the mesh fitted another face in the crop: cover the box
@@ -105,7 +108,7 @@ class FaceTracking:
 
 
 def mesh_boxes(landmarks: np.ndarray) -> np.ndarray:
-    """(N, 4) bounding boxes of (N, 478, 2) meshes."""
+    """(N, 4) bounding boxes of (N, 468, 2) meshes."""
     return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1).astype(np.float32)
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+
 import numpy as np
 
+from dpstream.face_mesh import eye_line_angle
 from dpstream.face_tracking import FaceTracking, mesh_boxes
 from dpstream.tracker import box_iou
 from dpstream.types import Faces, TrackedFrame, VideoFrame
@@ -56,7 +58,7 @@ class LookAhead:
         """Follow a new track backwards through the waiting frames."""
         box, landmarks, track_id = faces.boxes[index], faces.landmarks[index], faces.track_ids[index]
         for steps, entry in enumerate(reversed(self.pending), start=1):
-            fitted = self.tracking.finder.fit_mesh(entry.frame.image, box)
+            fitted = self.tracking.finder.mesh.fit_box(entry.frame.image, box, eye_line_angle(landmarks))
             found = not np.isnan(fitted).any()
             if found:
                 fitted_box = mesh_boxes(fitted[None])[0]

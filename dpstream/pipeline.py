@@ -7,10 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dpstream.background import BackgroundCalls, Prefetch
 from dpstream.config import Config, load_config
@@ -26,6 +28,10 @@ from dpstream.tracker import Tracker
 from dpstream.types import Faces, ReplacedFrame, TrackedFrame, VideoFrame
 
 
+TRACKED_AHEAD = 2
+"""Tracked frames waiting for replacement (file runs)."""
+
+
 class Anonymizer:
     """Finds, tracks and replaces the faces of frames.
 
@@ -36,6 +42,9 @@ class Anonymizer:
     """
 
     def __init__(self, config: Config, independent_frames: bool = False):
+        # BLAS worker threads spin between calls on the cores the stages need; dpstream's
+        # matrices are small. One BLAS thread for the process from here on.
+        threadpool_limits(limits=1, user_api="blas")
         self.config = config
         self.finder = FaceFinder(min_score=config.min_face_score, tile_levels=config.detect_tiles)
         # detection on every frame unless the look-ahead of ``tracked`` covers faces found late
@@ -58,10 +67,22 @@ class Anonymizer:
             yield from buffer.push(frame)
         yield from buffer.flush()
 
-    def stream(self, frames: Iterable[VideoFrame]) -> Iterator[ReplacedFrame]:
-        """Anonymized ``frames`` in order, with look-ahead gap filling (see ``tracked``)."""
-        for item in self.tracked(frames):
-            yield self.replacer.replace(item.frame, item.faces)
+    def stream(self, frames: Iterable[VideoFrame], overlap: bool = True) -> Iterator[ReplacedFrame]:
+        """Anonymized ``frames`` in order, with look-ahead gap filling (see ``tracked``).
+
+        With ``overlap``, faces are found and tracked on a background thread, a few frames ahead
+        of the replacement (``frames`` is then iterated on that thread).
+        """
+        if not overlap:
+            for item in self.tracked(frames):
+                yield self.replacer.replace(item.frame, item.faces)
+            return
+        tracked = Prefetch(self.tracked(frames), size=TRACKED_AHEAD, name="dpstream-track")
+        try:
+            for item in tracked:
+                yield self.replacer.replace(item.frame, item.faces)
+        finally:
+            tracked.close()
 
     def close(self) -> None:
         self.finder.close()
@@ -131,7 +152,7 @@ def anonymize(
         stop = StopRequest()
         reader, writer = Prefetch(source.frames()), BackgroundCalls()
         try:
-            for result in anonymizer.stream(stop.guard(iter(reader))):
+            for result in stop.handled(anonymizer.stream(stop.guard(iter(reader)))):
                 writer.submit(sink.write_audio, source.drain_audio())
                 writer.submit(sink.write, result.frame)
                 summary.frames += 1
@@ -189,6 +210,9 @@ def _own_copies(frames: Iterable[np.ndarray | VideoFrame], time_base: Fraction) 
         yield VideoFrame(np.array(frame.image, dtype=np.uint8, copy=True), frame.index, frame.pts, frame.time_base, frame.name)
 
 
+Item = TypeVar("Item")
+
+
 class StopRequest:
     """Ctrl-C and SIGTERM during a run ask it to stop after the current frame, so the output is
     finalized; a second Ctrl-C interrupts at once. A flag rather than an exception: an exception
@@ -198,16 +222,20 @@ class StopRequest:
         self.requested = False
 
     def guard(self, frames: Iterable[VideoFrame]) -> Iterator[VideoFrame]:
-        """Yield ``frames`` until a stop is requested (signal handlers only in the main thread)."""
+        """Yield ``frames`` until a stop is requested (any thread may iterate this)."""
+        for frame in frames:
+            yield frame
+            if self.requested:
+                return
+
+    def handled(self, results: Iterable[Item]) -> Iterator[Item]:
+        """Yield ``results`` with this object handling SIGINT/SIGTERM meanwhile (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
-            yield from frames
+            yield from results
             return
         previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for frame in frames:
-                yield frame
-                if self.requested:
-                    return
+            yield from results
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -2,7 +2,7 @@
 
 Each track has a constant-velocity Kalman filter on its box (centre and size), so it can be
 predicted into the next frame (where the mesh is re-fitted, and where a missed face is held),
-and a One-Euro filter on its 478 landmarks (steady when still, no visible lag when moving).
+and a One-Euro filter on its 468 landmarks (steady when still, no visible lag when moving).
 Detections are associated with the tracks' predictions by box overlap and landmark geometry,
 one-to-one (Hungarian assignment).
 """
@@ -107,7 +107,7 @@ class Track:
     track_id: int
     motion: BoxKalman
     smoother: OneEuroFilter | None  # None while the face has no mesh
-    landmarks: np.ndarray  # (478, 2) smoothed; NaN without mesh
+    landmarks: np.ndarray  # (468, 2) smoothed; NaN without mesh
     score: float
     last_seen: float
     missed: int = 0

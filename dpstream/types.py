@@ -7,8 +7,8 @@ from fractions import Fraction
 
 import numpy as np
 
-NUM_LANDMARKS = 478
-"""Points per face in MediaPipe's face mesh (468 mesh points + 10 iris points)."""
+NUM_LANDMARKS = 468
+"""Points per face in MediaPipe's face mesh."""
 
 
 @dataclass(slots=True)
@@ -44,7 +44,7 @@ class Faces:
 
     boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1 in pixels
     scores: np.ndarray  # (N,) float32 detector confidence
-    landmarks: np.ndarray  # (N, 478, 2) float32 pixels, NaN where no mesh
+    landmarks: np.ndarray  # (N, 468, 2) float32 pixels, NaN where no mesh
     track_ids: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) int64
     held: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) bool
 

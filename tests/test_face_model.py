@@ -64,6 +64,66 @@ def test_decoder_output_depends_on_the_identity(model):
     assert np.abs(first[1] - second[1]).max() > 1e-3  # identity shape changes
 
 
+def test_each_person_is_decoded_once_with_the_decoders_own_result(model):
+    backend = model._backend
+    assert backend._separable_decoder  # the default model's texture ignores the expression
+    rng = np.random.default_rng(4)
+    code = model.post_process(rng.normal(size=model.dim))
+    for _ in range(3):
+        expression = rng.normal(size=backend.template.expression_std.shape) * backend.template.expression_std
+        texture, shape = backend.decode(code, expression)
+        kept_texture, kept_shape = backend.face_texture(code, expression)
+        assert np.abs(kept_shape - shape).max() < 1e-5 * np.abs(shape).max()
+    assert len(backend._people) >= 1 and not kept_texture.flags.writeable
+
+
+def test_a_decoder_whose_texture_follows_the_expression_is_decoded_every_frame(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    manifest = load_manifest(None)
+    template = AppearanceTemplate.load(manifest.template_path)
+    expressions = template.expression_std.shape[0]
+    rng = np.random.default_rng(5)
+    texture_weights = rng.normal(size=(manifest.embedding_dim + expressions, 3 * 128 * 128)).astype(np.float32)
+    shape_weights = rng.normal(size=(manifest.embedding_dim + expressions, MESH_POINTS * 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Concat", ["identity", "expression"], ["code"], axis=1),
+            helper.make_node("MatMul", ["code", "texture_weights"], ["texture_flat"]),
+            helper.make_node("Reshape", ["texture_flat", "texture_dims"], ["texture"]),
+            helper.make_node("MatMul", ["code", "shape_weights"], ["shape_flat"]),
+            helper.make_node("Reshape", ["shape_flat", "shape_dims"], ["shape"]),
+        ],
+        "expression_texture_decoder",
+        [
+            helper.make_tensor_value_info("identity", TensorProto.FLOAT, [1, manifest.embedding_dim]),
+            helper.make_tensor_value_info("expression", TensorProto.FLOAT, [1, expressions]),
+        ],
+        [
+            helper.make_tensor_value_info("texture", TensorProto.FLOAT, [1, 3, 128, 128]),
+            helper.make_tensor_value_info("shape", TensorProto.FLOAT, [1, MESH_POINTS, 2]),
+        ],
+        [
+            numpy_helper.from_array(texture_weights, "texture_weights"),
+            numpy_helper.from_array(np.array([1, 3, 128, 128], np.int64), "texture_dims"),
+            numpy_helper.from_array(shape_weights, "shape_weights"),
+            numpy_helper.from_array(np.array([1, MESH_POINTS, 2], np.int64), "shape_dims"),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "decoder.onnx")
+    raw = yaml.safe_load(manifest.path.read_text())
+    for name in ("encoder.onnx", "template.npz", "codebook.npy"):
+        os.symlink(manifest.path.parent / name, tmp_path / name)
+    raw["decoder"]["file"] = "decoder.onnx"
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(raw))
+    backend = FaceModel.load(tmp_path / "manifest.yaml")._backend
+    assert not backend._separable_decoder
+    code, expression = np.zeros(manifest.embedding_dim), template.expression_std.copy()
+    texture, _ = backend.face_texture(code, expression)
+    assert np.abs(texture - backend.face_texture(code, -expression)[0]).mean() > 1.0
+    assert len(backend._people) == 0
+
+
 def test_render_changes_the_face_region_and_only_it(model):
     image, landmarks = synthetic_face()
     rendered = image.copy()

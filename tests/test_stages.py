@@ -8,6 +8,7 @@ from independent import VIDEOS, YuNet, decoded_rgb_frames
 
 from dpstream.config import Config
 from dpstream.face_finder import FaceFinder, merge_duplicates, tiles
+from dpstream.face_mesh import INPUT_SIDE, LEFT_EYE_OUTER, RIGHT_EYE_OUTER, Region, eye_line_angle
 from dpstream.pipeline import Anonymizer
 from dpstream.regions import face_region
 from dpstream.replace.fallback import apply_fallback
@@ -40,6 +41,32 @@ def test_finder_fits_a_mesh_on_the_talking_face():
     x0, y0, x1, y1 = faces.boxes[0]
     inside = (faces.landmarks[0, :, 0] > x0 - 0.3 * (x1 - x0)) & (faces.landmarks[0, :, 0] < x1 + 0.3 * (x1 - x0))
     assert inside.mean() > 0.95  # the mesh lies on the detected face, in frame pixels
+
+
+@requires_shared
+def test_face_mesh_follows_a_turned_face_and_refuses_a_place_without_one():
+    image = decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0]
+    finder = FaceFinder()
+    upright = finder.find(VideoFrame(image.copy(), 0))
+    found = finder.detect(image)
+    assert len(upright) == 1 and abs(found.angles[0]) < 0.15  # the eyes are about level
+    # the same frame turned by 30 degrees about the face: the mesh turns with it
+    center = tuple(float(v) for v in upright.landmarks[0].mean(0))
+    turn = cv2.getRotationMatrix2D(center, -30.0, 1.0)  # OpenCV: positive is counter-clockwise
+    turned = cv2.warpAffine(image, turn, (image.shape[1], image.shape[0]))
+    expected = upright.landmarks[0] @ turn[:, :2].T + turn[:, 2]
+    detected = finder.detect(turned)
+    fitted = finder.mesh.fit_box(turned, detected.boxes[0], float(detected.angles[0]))
+    eye_distance = np.linalg.norm(expected[LEFT_EYE_OUTER] - expected[RIGHT_EYE_OUTER])
+    assert abs(eye_line_angle(fitted) - eye_line_angle(upright.landmarks[0]) - np.radians(30)) < 0.05
+    assert np.linalg.norm(fitted - expected, axis=1).mean() < 0.05 * eye_distance
+    # a region of plain background (top-left corner of the frame) has no face
+    assert np.isnan(finder.mesh.fit_box(image, np.array([0, 0, 150, 150], np.float32))).all()
+    region = Region.around_mesh(fitted)
+    assert abs(region.angle - eye_line_angle(fitted)) < 1e-6
+    corners = region.to_frame() @ np.array([[0, 0, 1], [INPUT_SIDE, INPUT_SIDE, 1]], np.float64).T
+    assert np.isclose(np.linalg.norm(corners[:, 1] - corners[:, 0]), region.side * np.sqrt(2))
+    finder.close()
 
 
 @requires_shared

@@ -14,6 +14,7 @@ frame.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,10 @@ OUTLINE_FILL_SIGMA_PX = 4.0
 """Blur (canonical pixels) of that extension."""
 CONTRAST_GAIN_RANGE = (0.55, 1.0)
 """Bounds of the per-channel contrast scale applied to the decoded face (it is only ever reduced)."""
+COLOUR_STATISTICS_STRIDE = 3
+"""Colour statistics (spread, colour field) are taken from every third pixel of their regions."""
+DECODED_PEOPLE_KEPT = 64
+"""Decoded people (texture and shape model of a noisy identity) kept for the next frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +76,9 @@ class AppearanceTemplate:
     alpha: np.ndarray  # (S, S) float32 feathered blend mask
     decoded_weight: np.ndarray  # (S, S, 1) float32: decoded face vs softened frame in the outer band
     hull_mask: np.ndarray  # (S, S) float32: 1 where the warp covers the canonical grid
-    band_pixels: np.ndarray  # (B,) flat indices of the colour-matching band
-    interior_pixels: np.ndarray  # (I,) flat indices where only the decoded face is shown
+    hull_mask_blurred: np.ndarray  # (S, S, 1) float32: its blur (normalizer of the softened frame)
+    band_pixels: np.ndarray  # (B,) flat indices of the colour-matching band (every third)
+    interior_pixels: np.ndarray  # (I,) flat indices where only the decoded face is shown (every third)
     inner_weight: np.ndarray  # (S, S, 1) 0 on the face outline, 1 from OUTLINE_FILL_PX inside it
     inner_weight_blurred: np.ndarray  # (S, S, 1) its blur, the normalizer of the outline fill
     colour_design: np.ndarray  # (S*S, 3) [1, u, v] per canonical pixel for the colour field
@@ -87,6 +93,7 @@ class AppearanceTemplate:
         triangles = data["triangles"].astype(np.int32)
         mesh_triangles = triangles[(triangles < MESH_POINTS).all(1)]
         inner_weight = depth_ramp(data["canonical_vertices"], size, OUTLINE_FILL_PX)
+        hull_mask = (data["pixel_triangle"] >= 0).astype(np.float32)
         return cls(
             mean_shape=data["mean_shape"].astype(np.float64),
             expression_basis=data["expression_basis"].astype(np.float64),
@@ -97,9 +104,10 @@ class AppearanceTemplate:
             pixel_barycentric=data["pixel_barycentric"].astype(np.float32),
             alpha=data["alpha"].astype(np.float32),
             decoded_weight=data["decoded_weight"][..., None].astype(np.float32),
-            hull_mask=(data["pixel_triangle"] >= 0).astype(np.float32),
-            band_pixels=np.flatnonzero(data["colour_band"].reshape(-1) > 0),
-            interior_pixels=np.flatnonzero(data["decoded_weight"].reshape(-1) > 0.99),
+            hull_mask=hull_mask,
+            hull_mask_blurred=np.maximum(cv2.GaussianBlur(hull_mask, (0, 0), SOFTEN_SIGMA_PX), 1e-3)[..., None],
+            band_pixels=np.flatnonzero(data["colour_band"].reshape(-1) > 0)[::COLOUR_STATISTICS_STRIDE],
+            interior_pixels=np.flatnonzero(data["decoded_weight"].reshape(-1) > 0.99)[::COLOUR_STATISTICS_STRIDE],
             inner_weight=inner_weight,
             inner_weight_blurred=np.maximum(cv2.GaussianBlur(inner_weight, (0, 0), OUTLINE_FILL_SIGMA_PX), 1e-3)[..., None],
             colour_design=np.hstack([np.ones((len(grid), 1)), grid]).astype(np.float32),
@@ -166,6 +174,18 @@ def fit_colour_field(difference: np.ndarray, design: np.ndarray) -> np.ndarray:
     return coefficients
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedPerson:
+    """A separable decoder's output for one (noisy) identity."""
+
+    texture: np.ndarray  # (S, S, 3) float32, refined and outline filled; read-only
+    shape_at_rest: np.ndarray  # (468, 2) canonical shape at expression 0
+    shape_per_expression: np.ndarray  # (E, 468, 2) change per unit of each expression coefficient
+
+    def shape(self, expression: np.ndarray) -> np.ndarray:
+        return self.shape_at_rest + np.tensordot(expression, self.shape_per_expression, axes=1)
+
+
 class AppearanceModel:
     """Encoder/decoder sessions plus the template; one instance serves many faces."""
 
@@ -175,6 +195,8 @@ class AppearanceModel:
         self.encoder = create_session(manifest.encoder.path, threads)
         self.decoder = create_session(manifest.decoder.path, threads)
         self.refiner = create_session(manifest.refiner.path, threads) if manifest.refiner is not None else None
+        self._people: OrderedDict[bytes, DecodedPerson] = OrderedDict()  # by noisy identity
+        self._separable_decoder = self._decoder_is_separable()
 
     def _pose(self, landmarks: np.ndarray) -> Similarity:
         """Similarity mapping aligned shape units onto this face, after sanity checks."""
@@ -216,6 +238,50 @@ class AppearanceModel:
         )
         return np.ascontiguousarray(texture[0].transpose(1, 2, 0)), shape[0].astype(np.float64)
 
+    def face_texture(self, identity: np.ndarray, expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded texture (refined, its outline filled) and the (468, 2) canonical shape.
+
+        For a separable decoder (the default model: texture from the identity alone, shape
+        affine in the expression) each person is decoded once and kept while in view; a frame
+        then costs one small matrix product.
+        """
+        if not self._separable_decoder:
+            texture, shape = self.decode(identity, expression)
+            return fill_outline(self.refine(texture), self.template), shape
+        key = np.asarray(identity, np.float32).tobytes()
+        person = self._people.get(key)
+        if person is None:
+            person = self._people[key] = self._decode_person(identity)
+            if len(self._people) > DECODED_PEOPLE_KEPT:
+                self._people.popitem(last=False)
+        self._people.move_to_end(key)
+        return person.texture, person.shape(expression)
+
+    def _decode_person(self, identity: np.ndarray) -> DecodedPerson:
+        steps = self.template.expression_std
+        texture, at_rest = self.decode(identity, np.zeros_like(steps))
+        per_expression = np.stack(
+            [(self.decode(identity, step)[1] - at_rest) / steps[k] for k, step in enumerate(np.diag(steps))]
+        )
+        texture = fill_outline(self.refine(texture), self.template)
+        texture.flags.writeable = False
+        return DecodedPerson(texture, at_rest, per_expression)
+
+    def _decoder_is_separable(self) -> bool:
+        """Whether the decoder's texture ignores the expression and its shape is affine in it
+        (checked on random codes)."""
+        rng = np.random.default_rng(0)
+        identity = rng.normal(0.0, 0.1, self.manifest.embedding_dim)
+        steps = self.template.expression_std
+        first, second = rng.normal(0.0, 1.0, (2, len(steps))) * steps
+        rest_texture, rest = self.decode(identity, np.zeros_like(steps))
+        texture_a, shape_a = self.decode(identity, first)
+        texture_b, shape_b = self.decode(identity, second)
+        _, shape_sum = self.decode(identity, first + second)
+        affine_error = np.abs(shape_sum - rest - (shape_a - rest) - (shape_b - rest)).max()
+        same_texture = np.array_equal(rest_texture, texture_a) and np.array_equal(rest_texture, texture_b)
+        return same_texture and affine_error <= 1e-4 * max(np.abs(shape_a - rest).max(), 1e-6)
+
     def refine(self, texture: np.ndarray) -> np.ndarray:
         """The refiner stage on a decoded (S, S, 3) texture: ``REFINED_SHARE`` of its change is
         applied (the texture is unchanged when the model has no refiner).
@@ -241,17 +307,14 @@ class AppearanceModel:
         """Decode ``identity`` with this frame's pose/expression and blend it into the image in place."""
         t = self.template
         to_frame = self._pose(landmarks)
-        texture, shape = self.decode(identity, self.expression_code(landmarks, to_frame))
-        texture = fill_outline(self.refine(texture), t)
+        texture, shape = self.face_texture(identity, self.expression_code(landmarks, to_frame))
         original = self._texture(image_rgb, landmarks)
         texture = match_colour(original, texture, t)
         sharpen = SHARPEN_AMOUNT if self.refiner is None else REFINED_SHARPEN_AMOUNT
         if sharpen > 0:
             texture += sharpen * (texture - cv2.GaussianBlur(texture, (0, 0), SHARPEN_SIGMA_PX))
         # outside the mesh: the frame, heavily softened, so hair/ear/outline detail does not survive
-        softened = cv2.GaussianBlur(original, (0, 0), SOFTEN_SIGMA_PX) / np.maximum(
-            cv2.GaussianBlur(t.hull_mask, (0, 0), SOFTEN_SIGMA_PX), 1e-3
-        )[..., None]
+        softened = cv2.GaussianBlur(original, (0, 0), SOFTEN_SIGMA_PX) / t.hull_mask_blurred
         texture = t.decoded_weight * texture + (1.0 - t.decoded_weight) * softened
         texture_alpha = np.ascontiguousarray(np.dstack([np.clip(texture, 0, 255), t.alpha]), np.float32)
 

@@ -136,5 +136,5 @@ def inside_fraction(landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
 
 
 def mesh_heights(landmarks: np.ndarray) -> np.ndarray:
-    """(N,) height in pixels of each (478, 2) face mesh (NaN without mesh)."""
+    """(N,) height in pixels of each (468, 2) face mesh (NaN without mesh)."""
     return landmarks[:, :, 1].max(axis=1) - landmarks[:, :, 1].min(axis=1)
