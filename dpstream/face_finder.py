@@ -23,6 +23,7 @@ A tile-only face below this score is kept only when the full-range detector, run
 crop, confirms it."""
 
 CONFIRM_CROP_SCALE = 3.0
+NEAR_CROP_SCALE = 3.0
 
 
 @dataclass(slots=True)
@@ -94,6 +95,12 @@ class FaceFinder:
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
         return Detections(box_array, np.asarray(scores, np.float32)[kept], np.asarray(angles, np.float32)[kept])
+
+    def detect_near(self, image: np.ndarray, box: np.ndarray) -> Detections:
+        """Faces found by the short-range detector in a square crop ``NEAR_CROP_SCALE`` times ``box``."""
+        crop, left, top = _square_crop(image, box, NEAR_CROP_SCALE)
+        boxes, scores, angles = _detect(self._short_range, crop, left, top)
+        return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), np.asarray(angles, np.float32))
 
     def _confirmed_close_up(self, image: np.ndarray, box: np.ndarray) -> bool:
         """A second opinion on a low-score tile detection: the full-range detector, run on a

@@ -23,6 +23,9 @@ MODEL_PATH = Path(mediapipe.__file__).parent / "modules" / "face_landmark" / "fa
 INPUT_SIDE = 192
 ROI_SCALE = 1.5
 """The network's input covers this many times the face (MediaPipe's own setting)."""
+WIDE_ROI_SCALE = 2.0
+"""First region for a face that moves: the network places a face that is off the region's
+centre too close to it, and a wider first view lets the following fits find where it is."""
 MIN_PRESENCE = 0.5
 """Face-presence score (0-1) below which the fit is refused."""
 MAX_FITS = 4
@@ -42,10 +45,10 @@ class Region:
     angle: float = 0.0
 
     @classmethod
-    def around_box(cls, box: np.ndarray, angle: float = 0.0) -> Region:
-        """The network's region for a face box (x0, y0, x1, y1)."""
+    def around_box(cls, box: np.ndarray, angle: float = 0.0, scale: float = ROI_SCALE) -> Region:
+        """The network's region for a face box (x0, y0, x1, y1), ``scale`` times its larger side."""
         x0, y0, x1, y1 = (float(v) for v in box)
-        return cls((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * ROI_SCALE, angle)
+        return cls((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * scale, angle)
 
     @classmethod
     def around_mesh(cls, landmarks: np.ndarray) -> Region:
@@ -108,13 +111,14 @@ class FaceMesh:
         landmarks = points @ to_frame[:, :2].T + to_frame[:, 2]
         return landmarks.astype(np.float32), 1.0 / (1.0 + np.exp(-logit))
 
-    def fit_box(self, image: np.ndarray, box: np.ndarray, angle: float = 0.0) -> np.ndarray:
+    def fit_box(self, image: np.ndarray, box: np.ndarray, angle: float = 0.0, scale: float = ROI_SCALE) -> np.ndarray:
         """(468, 2) landmarks of the face in ``box`` (eye line at ``angle``), NaN when no face is there.
 
-        The fit is repeated in the region around its own result until that region stops moving
-        (a tracked face: usually once; a tilted face from a detection box: up to ``MAX_FITS``).
+        The first fit sees ``scale`` times the box. The fit is repeated in the region around its
+        own result until that region stops moving (a tracked face: usually once; a tilted face
+        from a detection box or a wider first region: up to ``MAX_FITS``).
         """
-        region = Region.around_box(box, angle)
+        region = Region.around_box(box, angle, scale)
         for _ in range(MAX_FITS):
             landmarks, presence = self.fit(image, region)
             if presence < MIN_PRESENCE or not np.isfinite(landmarks).all():

@@ -368,15 +368,17 @@ class Judges:
         detectors = {"YuNet": YuNet(score=LEAK_YUNET_SCORE, max_side=4096), "UltraFace": UltraFace(score=LEAK_ULTRAFACE_SCORE)}
         return cls(detectors, DlibRecognizer(), (YuNet(score=CONFIRM_YUNET_SCORE, max_side=4096), DlibHog()))
 
-    def original_face_at(self, original: np.ndarray, box: np.ndarray, found: dict[int, np.ndarray]) -> bool:
-        """Whether a confident YuNet or dlib's HOG detector finds a face at ``box`` of the
-        original frame (``found`` caches each confirmer's boxes for this frame)."""
+    def original_face_at(self, original: np.ndarray, box: np.ndarray, found: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The box of the face a confident YuNet or dlib's HOG detector finds at ``box`` of the
+        original frame, or None (``found`` caches each confirmer's boxes for this frame)."""
         for index, confirmer in enumerate(self.confirmers):
             if index not in found:
                 found[index] = confirmer.detect(original).boxes
-            if len(found[index]) and (overlap_of_smaller(found[index], box[None]) >= 0.5).any():
-                return True
-        return False
+            if len(found[index]):
+                overlaps = overlap_of_smaller(found[index], box[None])[:, 0]
+                if overlaps.max() >= 0.5:
+                    return found[index][int(np.argmax(overlaps))]
+        return None
 
 
 @dataclass(slots=True)
@@ -403,9 +405,12 @@ def leaks_in_frame(judges: Judges, cache: DescriptorCache, frame: int, original:
             if verdict is None:
                 if box[2] - box[0] < 4 or box[3] - box[1] < 4:
                     continue
+                face_box = judges.original_face_at(original, box, originals)
+                real_face = face_box is not None
+                if real_face and box_iou(face_box[None], box[None])[0, 0] < SAME_FACE_BOX_IOU:
+                    box = face_box  # a box far larger than the face (a blurred oval with the body): describe the face
                 before = cache.get(judges.recognizer, original, frame, box)
                 distance = float(np.linalg.norm(before - judges.recognizer.descriptor(output, box)))
-                real_face = judges.original_face_at(original, box, originals)
                 verdict = (distance, real_face)
                 judged.append((box, distance, real_face))
                 if real_face:
@@ -417,6 +422,10 @@ def leaks_in_frame(judges: Judges, cache: DescriptorCache, frame: int, original:
             result.leaks[name] += int(distance < DLIB_SAME_PERSON and real_face)
     return result
 
+
+SAME_FACE_BOX_IOU = 0.3
+"""A judge's box overlapping the original face's box less than this (while containing it) is
+not a description of that face: dlib then compares the original face's box in both frames."""
 
 UNPROCESSED_MEAN_DIFFERENCE = 4.0
 """A face whose central pixels differ from the original by less than this on average (0..255)
