@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import requires_shared
+from independent import VIDEOS, decoded_rgb_frames
 
 from dpstream.face_model import FaceModel, ManifestError, RenderError, load_manifest
 from dpstream.face_model.alignment import MESH_POINTS, fit_similarity, warp_vertices
 from dpstream.face_model.appearance import AppearanceTemplate
 from dpstream.face_model.manifest import BUILT_IN_MANIFESTS, DEFAULT_MANIFEST
+from dpstream.types import VideoFrame
 
 SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -23,14 +26,13 @@ def model() -> FaceModel:
 
 
 def synthetic_face(size: int = 256, radius: float = 60.0, angle: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """A textured image and (478, 2) landmarks: the model's mean shape, rotated and placed."""
+    """A textured image and (468, 2) landmarks: the model's mean shape, rotated and placed."""
     mean_shape = AppearanceTemplate.load(load_manifest().template_path).mean_shape
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     mesh = mean_shape @ rotation.T * radius + size / 2
-    iris = np.repeat(mesh[[33, 362]], 5, axis=0)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return image, np.vstack([mesh, iris]).astype(np.float32)
+    return image, mesh.astype(np.float32)
 
 
 def test_encode_gives_a_bounded_vector_of_the_declared_dimension(model):
@@ -112,7 +114,7 @@ def test_a_decoder_whose_texture_follows_the_expression_is_decoded_every_frame(t
     )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "decoder.onnx")
     raw = yaml.safe_load(manifest.path.read_text())
-    for name in ("encoder.onnx", "template.npz", "codebook.npy"):
+    for name in ("encoder.onnx", "template.npz", "codebook.npy", "refiner.onnx"):
         os.symlink(manifest.path.parent / name, tmp_path / name)
     raw["decoder"]["file"] = "decoder.onnx"
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(raw))
@@ -122,6 +124,33 @@ def test_a_decoder_whose_texture_follows_the_expression_is_decoded_every_frame(t
     texture, _ = backend.face_texture(code, expression)
     assert np.abs(texture - backend.face_texture(code, -expression)[0]).mean() > 1.0
     assert len(backend._people) == 0
+
+
+@requires_shared
+def test_the_rendered_face_takes_the_grain_of_the_frame(model):
+    """A decoded face is smoother than a filmed one; the renderer gives it the frame's fine
+    grain. On a real frame with added sensor-like noise, the grain level inside the rendered
+    face is the frame's; on the clean frame it stays low."""
+    from dpstream.face_finder import FaceFinder
+    from dpstream.face_model.appearance import grain_level
+
+    clean = decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0]
+    finder = FaceFinder()
+    landmarks = finder.find(VideoFrame(clean, 0)).landmarks[0]
+    finder.close()
+    x0, y0 = np.percentile(landmarks, 30, axis=0).astype(int)
+    x1, y1 = np.percentile(landmarks, 70, axis=0).astype(int)  # the middle of the face
+    noise = np.random.default_rng(6).normal(0.0, 8.0, clean.shape)
+    noisy = np.clip(clean + noise, 0, 255).astype(np.uint8)
+    identity = model.post_process(np.random.default_rng(7).normal(size=model.dim))
+    levels = {}
+    for name, image in (("clean", clean), ("noisy", noisy)):
+        rendered = image.copy()
+        model.render(rendered, landmarks, identity)
+        levels[name] = (grain_level(image[y0:y1, x0:x1]), grain_level(rendered[y0:y1, x0:x1]))
+    frame_level, face_level = levels["noisy"]
+    assert 0.7 * frame_level < face_level < 1.3 * frame_level, levels
+    assert levels["clean"][1] < 0.5 * frame_level, levels
 
 
 def test_render_changes_the_face_region_and_only_it(model):
@@ -152,7 +181,7 @@ def test_render_refuses_tiny_and_folded_faces(model):
         model.render(image, folded, np.zeros(model.dim))
     assert (image == untouched).all()
     with pytest.raises(RenderError, match="mesh"):
-        model.encode(image, np.full((478, 2), np.nan, np.float32))
+        model.encode(image, np.full((MESH_POINTS, 2), np.nan, np.float32))
 
 
 def test_render_rejects_identities_of_the_wrong_size(model):
@@ -172,7 +201,7 @@ def test_default_manifest_fields_and_package_size():
 
 
 def test_refiner_stage_runs_and_changes_the_rendered_face(model):
-    unrefined_model, model = model, FaceModel.load("refined")
+    unrefined_model = FaceModel.load("plain")
     backend = model._backend
     assert backend.refiner is not None and model.manifest.refiner is not None
     texture, _ = backend.decode(model.post_process(np.random.default_rng(5).normal(size=model.dim)),
@@ -182,7 +211,7 @@ def test_refiner_stage_runs_and_changes_the_rendered_face(model):
     assert np.abs(refined - texture).mean() > 1.0  # it really changes the decoded texture
     assert np.abs(refined - texture).mean() < 40.0  # and keeps it a face of the same colours
 
-    assert unrefined_model._backend.refiner is None  # the default model has no refiner
+    assert unrefined_model._backend.refiner is None  # the plain model has no refiner
     image, landmarks = synthetic_face()
     identity = model.post_process(np.random.default_rng(6).normal(size=model.dim))
     with_refiner, without_refiner = image.copy(), image.copy()
@@ -216,7 +245,7 @@ def write_manifest(folder: Path, data: dict) -> Path:
     ],
 )
 def test_manifest_validation_names_the_bad_key(tmp_path, change, message):
-    raw = yaml.safe_load(BUILT_IN_MANIFESTS["refined"].read_text())
+    raw = yaml.safe_load(BUILT_IN_MANIFESTS["default"].read_text())
     for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy", "refiner.onnx"):
         (tmp_path / name).symlink_to(DEFAULT_MANIFEST.parent / name)
     change(raw)

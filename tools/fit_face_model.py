@@ -24,8 +24,9 @@ whose split is ``train`` in ``../shared/data/lfw_split.tsv`` are read. The model
 Exports ``encoder.onnx`` (canonical texture + aligned shape -> identity), ``decoder.onnx``
 (identity + expression code -> canonical texture + canonical shape), ``template.npz`` (mean
 shape, triangulation, pixel lookup, blend masks, expression basis), ``codebook.npy`` and
-``manifest.yaml`` (the exact command and seed are recorded in it; a ``refiner`` stage already
-declared there by ``tools/train_refiner.py`` is kept).
+``manifest_plain.yaml`` (the exact command and seed are recorded in it) and ``manifest.yaml``,
+the default model: the same, with the ``refiner`` stage ``tools/train_refiner.py`` declared there
+kept.
 """
 
 from __future__ import annotations
@@ -332,6 +333,7 @@ def main() -> None:
             f"--sample-norm-factor {args.sample_norm_factor} --seed {args.seed}",
         },
     }
+    (args.out / "manifest_plain.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     manifest_path = args.out / "manifest.yaml"
     previous = yaml.safe_load(manifest_path.read_text()) if manifest_path.exists() else {}
     if previous.get("refiner") and (args.out / previous["refiner"]["file"]).exists():
@@ -339,6 +341,7 @@ def main() -> None:
         manifest = {**{k: v for k, v in manifest.items() if k not in ("alignment", "training")},
                     "refiner": previous["refiner"], "alignment": manifest["alignment"],
                     "training": {**manifest["training"], "refiner": previous["training"].get("refiner")}}  # fmt: skip
+        manifest["name"] = previous["name"]
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     size_mb = sum(p.stat().st_size for p in args.out.iterdir()) / 1e6
     print(f"wrote {args.out} ({size_mb:.1f} MB) in {time.time() - started:.0f} s")

@@ -163,8 +163,8 @@ def make_batch(codes, textures, bias, matrix, typical_norm, rng, batch, mix_shar
 
 
 def export(refiner: Refiner, path: Path, step: int, command: str) -> None:
-    """Write the ONNX file; beside a model manifest, write ``manifest_refined.yaml``: that model
-    with the refiner as its ``refiner`` stage (the built-in model ``refined``)."""
+    """Write the ONNX file; beside the plain model's ``manifest_plain.yaml``, write
+    ``manifest.yaml``: that model with the refiner as its ``refiner`` stage (the default model)."""
     refiner.eval()
     example = torch.full((1, 3, SIZE, SIZE), 128.0)
     torch.onnx.export(
@@ -172,7 +172,7 @@ def export(refiner: Refiner, path: Path, step: int, command: str) -> None:
         opset_version=17, dynamo=False,
     )  # fmt: skip
     print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    manifest_path = path.with_name("manifest.yaml")
+    manifest_path = path.with_name("manifest_plain.yaml")
     if not manifest_path.exists():
         return
     raw = yaml.safe_load(manifest_path.read_text())
@@ -185,7 +185,8 @@ def export(refiner: Refiner, path: Path, step: int, command: str) -> None:
         if key == "decoder":
             ordered["refiner"] = stage
     ordered["training"]["refiner"] = {"steps": step, "command": command}
-    refined_path = path.with_name("manifest_refined.yaml")
+    ordered["name"] = f"{raw['name']}-refined"
+    refined_path = path.with_name("manifest.yaml")
     refined_path.write_text(yaml.safe_dump(ordered, sort_keys=False))
     print(f"declared the refiner in {refined_path}")
 

@@ -41,9 +41,10 @@ ARCFACE_FIVE_POINTS = np.array(
 """The usual 5-point face-swap/recognition template as fractions of the crop size."""
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "assets" / "manifest.yaml"
-BUILT_IN_MANIFESTS = {"default": DEFAULT_MANIFEST, "refined": DEFAULT_MANIFEST.with_name("manifest_refined.yaml")}
-"""Models shipped in the package, by name: ``refined`` adds the refiner stage (sharper faces; a
-recognizer matches them to the original person somewhat more often, see PRIVACY.md)."""
+BUILT_IN_MANIFESTS = {"default": DEFAULT_MANIFEST, "plain": DEFAULT_MANIFEST.with_name("manifest_plain.yaml")}
+"""Models shipped in the package, by name: the default has the refiner stage (sharper eyes, brows
+and lips); ``plain`` is the same model without it (softer faces; a recognizer matches them to the
+original person slightly less often, see PRIVACY.md)."""
 
 
 @dataclass(frozen=True, slots=True)
