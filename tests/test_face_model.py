@@ -8,14 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import requires_shared
-from independent import VIDEOS, decoded_rgb_frames
 
 from dpstream.face_model import FaceModel, ManifestError, RenderError, load_manifest
 from dpstream.face_model.alignment import MESH_POINTS, fit_similarity, warp_vertices
 from dpstream.face_model.appearance import AppearanceTemplate
 from dpstream.face_model.manifest import BUILT_IN_MANIFESTS, DEFAULT_MANIFEST
-from dpstream.types import VideoFrame
 
 SHARED = Path(os.environ.get("DPSTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -124,33 +121,6 @@ def test_a_decoder_whose_texture_follows_the_expression_is_decoded_every_frame(t
     texture, _ = backend.face_texture(code, expression)
     assert np.abs(texture - backend.face_texture(code, -expression)[0]).mean() > 1.0
     assert len(backend._people) == 0
-
-
-@requires_shared
-def test_the_rendered_face_takes_the_grain_of_the_frame(model):
-    """A decoded face is smoother than a filmed one; the renderer gives it the frame's fine
-    grain. On a real frame with added sensor-like noise, the grain level inside the rendered
-    face is the frame's; on the clean frame it stays low."""
-    from dpstream.face_finder import FaceFinder
-    from dpstream.face_model.appearance import grain_level
-
-    clean = decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0]
-    finder = FaceFinder()
-    landmarks = finder.find(VideoFrame(clean, 0)).landmarks[0]
-    finder.close()
-    x0, y0 = np.percentile(landmarks, 30, axis=0).astype(int)
-    x1, y1 = np.percentile(landmarks, 70, axis=0).astype(int)  # the middle of the face
-    noise = np.random.default_rng(6).normal(0.0, 8.0, clean.shape)
-    noisy = np.clip(clean + noise, 0, 255).astype(np.uint8)
-    identity = model.post_process(np.random.default_rng(7).normal(size=model.dim))
-    levels = {}
-    for name, image in (("clean", clean), ("noisy", noisy)):
-        rendered = image.copy()
-        model.render(rendered, landmarks, identity)
-        levels[name] = (grain_level(image[y0:y1, x0:x1]), grain_level(rendered[y0:y1, x0:x1]))
-    frame_level, face_level = levels["noisy"]
-    assert 0.7 * frame_level < face_level < 1.3 * frame_level, levels
-    assert levels["clean"][1] < 0.5 * frame_level, levels
 
 
 def test_render_changes_the_face_region_and_only_it(model):

@@ -5,12 +5,14 @@
    whatever look-ahead it has, is what gets measured). Per scenario: CLEAR-MOT (MOTA, id
    switches), IDF1, and GT face-frames left un-anonymized, plus fallbacks.
 2. Every shared real video (``../shared/data/videos``), anonymized with each method: YuNet and
-   UltraFace run on every output frame; a face they find is a *leak* when dlib's descriptor of
-   that box in the output matches the descriptor of the same box in the original frame
-   (distance < 0.6) and the original has a real face there (YuNet at its default 0.9 or dlib's
-   HOG detector finds one): the same person is still recognizable at the same place. Without
-   that last condition untouched face-like things count (the skull printed on a shirt in
-   ``asl_again``); they are reported apart. Leaked faces whose pixels the pipeline left as they
+   UltraFace run on every output frame; a face they find is a *leak* when the original has a
+   real face at that place (YuNet at its default 0.9 or dlib's HOG detector finds one) and
+   dlib's descriptor of the found box in the output matches the descriptor of that real face
+   (at its own box) in the original frame (distance < 0.6): the same person is still
+   recognizable at the same place. (The original face is described at its own box because a
+   judge's box on the output can be far off the face: UltraFace boxes a blurred oval together
+   with the neck.) Face-like things at places without a real face (the skull printed on a
+   shirt in ``asl_again``) are compared box to box and reported apart. Leaked faces whose pixels the pipeline left as they
    were (a missed face) are counted apart from replaced or blurred faces dlib still matches.
 
 Matching (both metrics): a GT face and an output face correspond when the IoU of their boxes is
@@ -407,9 +409,9 @@ def leaks_in_frame(judges: Judges, cache: DescriptorCache, frame: int, original:
                     continue
                 face_box = judges.original_face_at(original, box, originals)
                 real_face = face_box is not None
-                if real_face and box_iou(face_box[None], box[None])[0, 0] < SAME_FACE_BOX_IOU:
-                    box = face_box  # a box far larger than the face (a blurred oval with the body): describe the face
-                before = cache.get(judges.recognizer, original, frame, box)
+                # the original face is described at its own box (a judge's box on the output can
+                # be far off: a blurred oval with the neck), the output face at the judge's box
+                before = cache.get(judges.recognizer, original, frame, face_box if real_face else box)
                 distance = float(np.linalg.norm(before - judges.recognizer.descriptor(output, box)))
                 verdict = (distance, real_face)
                 judged.append((box, distance, real_face))
@@ -422,10 +424,6 @@ def leaks_in_frame(judges: Judges, cache: DescriptorCache, frame: int, original:
             result.leaks[name] += int(distance < DLIB_SAME_PERSON and real_face)
     return result
 
-
-SAME_FACE_BOX_IOU = 0.3
-"""A judge's box overlapping the original face's box less than this (while containing it) is
-not a description of that face: dlib then compares the original face's box in both frames."""
 
 UNPROCESSED_MEAN_DIFFERENCE = 4.0
 """A face whose central pixels differ from the original by less than this on average (0..255)

@@ -56,10 +56,6 @@ OUTLINE_FILL_SIGMA_PX = 4.0
 """Blur (canonical pixels) of that extension."""
 CONTRAST_GAIN_RANGE = (0.55, 1.0)
 """Bounds of the per-channel contrast scale applied to the decoded face (it is only ever reduced)."""
-GRAIN_TILE_PX = 1024
-"""Side of the noise tile the grain is cut from (faces larger than this get none)."""
-GRAIN_SIGMA_PX = 0.6
-GRAIN_SAMPLE_STRIDE = 2
 COLOUR_STATISTICS_STRIDE = 3
 """Colour statistics (spread, colour field) are taken from every third pixel of their regions."""
 DECODED_PEOPLE_KEPT = 64
@@ -122,20 +118,6 @@ class AppearanceTemplate:
     @property
     def size(self) -> int:
         return int(self.pixel_triangle.shape[0])
-
-
-def grain_tile(rng: np.random.Generator) -> np.ndarray:
-    """(GRAIN_TILE_PX, GRAIN_TILE_PX) float32 noise of unit spread, correlated over about a pixel."""
-    noise = cv2.GaussianBlur(rng.standard_normal((GRAIN_TILE_PX, GRAIN_TILE_PX)).astype(np.float32), (0, 0), GRAIN_SIGMA_PX)
-    return noise / noise.std()
-
-
-def grain_level(image: np.ndarray) -> float:
-    """Robust spread of an (H, W, 3) image's finest detail (green channel, every other pixel):
-    the median absolute difference from a light blur."""
-    sample = image[::GRAIN_SAMPLE_STRIDE, ::GRAIN_SAMPLE_STRIDE, 1].astype(np.float32)
-    detail = np.abs(sample - cv2.GaussianBlur(sample, (0, 0), 1.0)).reshape(-1)
-    return 1.4826 * float(np.partition(detail, len(detail) // 2)[len(detail) // 2])
 
 
 def signed_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -214,8 +196,6 @@ class AppearanceModel:
         self.decoder = create_session(manifest.decoder.path, threads)
         self.refiner = create_session(manifest.refiner.path, threads) if manifest.refiner is not None else None
         self._people: OrderedDict[bytes, DecodedPerson] = OrderedDict()  # by noisy identity
-        self._grain_tile = grain_tile(np.random.default_rng(0))
-        self._grain_offsets = np.random.default_rng()
         self._separable_decoder = self._decoder_is_separable()
 
     def _pose(self, landmarks: np.ndarray) -> Similarity:
@@ -356,19 +336,4 @@ class AppearanceModel:
         if scale < 1.0:
             colour = cv2.resize(colour, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
             coverage = cv2.resize(coverage, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
-        self._add_grain(colour, image_rgb[y0:y1, x0:x1])
         blend_into(image_rgb, colour, coverage, x0, y0)
-
-    def _add_grain(self, colour: np.ndarray, frame_patch: np.ndarray) -> None:
-        """Give the rendered face the fine grain (sensor noise, skin texture) of the frame around
-        it, in place: a decoded face is smoother than any filmed one. Only the frame's grain level
-        (one number) is used; the grain itself is a random crop of a fixed noise tile."""
-        frame_level, own_level = grain_level(frame_patch), grain_level(colour)
-        missing = float(np.sqrt(max(frame_level**2 - own_level**2, 0.0)))
-        height, width = colour.shape[:2]
-        if missing < 0.5 or height > GRAIN_TILE_PX or width > GRAIN_TILE_PX:
-            return
-        top, left = self._grain_offsets.integers(0, GRAIN_TILE_PX - height + 1), self._grain_offsets.integers(0, GRAIN_TILE_PX - width + 1)
-        grain = missing * self._grain_tile[top : top + height, left : left + width]
-        for channel in range(3):
-            colour[..., channel] += grain
