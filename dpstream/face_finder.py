@@ -24,6 +24,7 @@ crop, confirms it."""
 
 CONFIRM_CROP_SCALE = 3.0
 NEAR_CROP_SCALE = 3.0
+"""A tracked face lost from its search box is looked for in a crop this many times that box."""
 
 
 @dataclass(slots=True)
@@ -36,9 +37,6 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.boxes)
-
-    def select(self, keep) -> Detections:
-        return Detections(self.boxes[keep], self.scores[keep], self.angles[keep])
 
 
 class FaceFinder:

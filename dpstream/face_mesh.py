@@ -1,10 +1,10 @@
 """Face mesh: MediaPipe's face-landmark network run directly (LiteRT) on a rotated square crop.
 
 This is what MediaPipe's face mesh does in video mode, without its graph: the network sees a
-square region 1.5 times the face, turned so the eyes are level, and returns 468 points and a
-face-presence score. A region from a detection box (eyes not known yet) is fitted twice: the
-first fit gives the eye line and the tight region for the second. The network file ships in
-the installed ``mediapipe`` wheel; nothing is downloaded.
+square region 1.5 times the face, turned so the eyes are level (the eye line comes from the
+detector's eye key points or from the face's previous mesh), and returns 468 points and a
+face-presence score. The fit is repeated in the region around its own result until that region
+settles. The network file ships in the installed ``mediapipe`` wheel; nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ def anonymize_frames(
 
     The caller's arrays are not modified. Frames are treated as one video (tracked across);
     plain arrays are taken to be ``fps`` frames per second apart. Results come
-    ``lookahead_frames`` frames behind the input (all of them by its end).
+    ``lookahead_frames`` frames behind the input (all of them by its end). ``frames`` is
+    iterated on a background thread (face tracking runs there, beside the replacement).
     """
     run_config = _resolve_config(config, options)
     anonymizer = Anonymizer(run_config)

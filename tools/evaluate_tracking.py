@@ -32,6 +32,8 @@ covered points were left unchanged all the same (a region claimed but not proces
     python tools/evaluate_tracking.py                      # everything (see tools/README.md for time)
     python tools/evaluate_tracking.py --part synthetic     # synthetic sequences only (~2 min)
     python tools/evaluate_tracking.py --part leaks --stride 10 --videos talking_720p_s18.mp4   # a quick look
+    python tools/evaluate_tracking.py --part leaks --videos closeup_512_d3.mp4 --methods dp --draws 6 --no-report
+                                                           # how the dp leak count varies with the noise draw
 
 Writes ``benchmarks/results/tracking_eval.md`` (with the command and run time) unless
 ``--no-report``; caches dlib descriptors of original frames in ``tools/_runs/tracking_eval/``.
@@ -647,6 +649,7 @@ def main() -> None:
     parser.add_argument("--videos", default="", help="shared video names (comma-separated; default all)")
     parser.add_argument("--methods", default="dp,blur", help="methods for the leak count")
     parser.add_argument("--stride", type=int, default=1, help="judge every Nth output frame (the reported figure uses 1)")
+    parser.add_argument("--draws", type=int, default=1, help="runs per clip and method (dp: a new noise draw each run)")
     parser.add_argument("--no-report", action="store_true", help=f"print only, do not write {REPORT.relative_to(REPO_ROOT)}")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -667,8 +670,11 @@ def main() -> None:
             if not (VIDEOS / name).is_file():
                 parser.error(f"--videos: {VIDEOS / name} not found")
             for method in args.methods.split(","):
-                leaks.append(evaluate_leaks(VIDEOS / name, method, judges, RUNS / "leaks", args.stride))
-                print(leak_table(leaks)[-1], flush=True)
+                for draw in range(args.draws):
+                    leaks.append(evaluate_leaks(VIDEOS / name, method, judges, RUNS / "leaks", args.stride))
+                    if args.draws > 1:
+                        leaks[-1].method = f"{method} (run {draw + 1})"
+                    print(leak_table(leaks)[-1], flush=True)
             calibrations.append(DlibCalibration.measure(VIDEOS / name, judges, RUNS / "leaks"))
         print("\n".join(leak_table(leaks) + calibration_table(calibrations)), flush=True)
     seconds = time.perf_counter() - started
