@@ -60,7 +60,7 @@ class FaceFinder:
             # MediaPipe's native code logs its set-up on the first inference: run one now.
             self._full_range.process(np.zeros((64, 64, 3), np.uint8))
             self._short_range.process(np.zeros((64, 64, 3), np.uint8))
-        self.mesh = FaceMesh()
+            self.mesh = FaceMesh()  # LiteRT logs its CPU delegate when it sets up
 
     def find(self, frame: VideoFrame) -> Faces:
         """Every face of the frame, with detection boxes and fitted meshes."""
