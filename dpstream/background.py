@@ -9,8 +9,10 @@ in the caller.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -98,6 +100,21 @@ class BackgroundCalls:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+@contextmanager
+def signals_routed_to(handler: Callable) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` meanwhile (possible only in the main thread; elsewhere
+    nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class _Failure:

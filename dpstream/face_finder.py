@@ -12,6 +12,7 @@ import mediapipe as mp
 import numpy as np
 
 from dpstream.face_mesh import FaceMesh
+from dpstream.tracker import overlap_of_smaller
 from dpstream.types import Faces, VideoFrame
 
 DUPLICATE_OVERLAP = 0.5
@@ -157,15 +158,12 @@ def tiles(height: int, width: int, levels: tuple[int, ...]) -> list[tuple[int, i
 def merge_duplicates(boxes: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[list[int]]]:
     """One box per face: indices of the best-scoring box of each group of boxes that largely
     overlap, and each group's members."""
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    same_face = overlap_of_smaller(boxes, boxes) >= DUPLICATE_OVERLAP
     kept: list[int] = []
     groups: list[list[int]] = []
     for index in np.argsort(-scores):
-        box = boxes[index]
         for kept_index, group in zip(kept, groups):
-            ix = min(box[2], boxes[kept_index, 2]) - max(box[0], boxes[kept_index, 0])
-            iy = min(box[3], boxes[kept_index, 3]) - max(box[1], boxes[kept_index, 1])
-            if ix > 0 and iy > 0 and ix * iy >= DUPLICATE_OVERLAP * min(areas[index], areas[kept_index]):
+            if same_face[index, kept_index]:
                 group.append(int(index))
                 break
         else:

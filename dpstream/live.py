@@ -9,7 +9,6 @@ is never written unprocessed. Ctrl-C / SIGTERM stop capture; what was captured i
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpstream.background import signals_routed_to
 from dpstream.config import Config
 from dpstream.errors import OutputError
 from dpstream.live_sink import LiveSink, PreviewWindow, live_output
@@ -159,17 +159,16 @@ class LiveRun:
         anonymizer = Anonymizer(self.config)
         capture = threading.Thread(target=self._capture, name="dpstream-capture", daemon=True)
         process = threading.Thread(target=self._process, args=(anonymizer,), name="dpstream-anonymize", daemon=True)
-        previous = _stop_on_signals(self._on_signal)
         started = time.monotonic()
         try:
-            capture.start()
-            process.start()
-            self._write(on_frame, started)
+            with signals_routed_to(self._on_signal):
+                capture.start()
+                process.start()
+                self._write(on_frame, started)
         except KeyboardInterrupt:
             self.summary.interrupted = True
         finally:
             self.stop.set()
-            _restore_signals(previous)
             process.join()
             capture.join(self.config.io_timeout + 2)  # a blocked network read ends within io_timeout
             for sink in self.sinks:
@@ -272,16 +271,3 @@ def run_live(
     """Anonymize a live source into ``outputs`` (files or stream URLs) and/or a preview window."""
     run = LiveRun(source, outputs, config, preview=preview, overwrite=overwrite, max_seconds=max_seconds, report=report)
     return run.run(on_frame)
-
-
-def _stop_on_signals(handler) -> dict | None:
-    """Route SIGINT/SIGTERM to ``handler`` (possible only in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore_signals(previous: dict | None) -> None:
-    for sig, handler in (previous or {}).items():
-        signal.signal(sig, handler)
-

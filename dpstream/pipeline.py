@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dpstream.background import BackgroundCalls, Prefetch
+from dpstream.background import BackgroundCalls, Prefetch, signals_routed_to
 from dpstream.config import Config, load_config
 from dpstream.errors import OutputError
 from dpstream.face_finder import FaceFinder
@@ -231,15 +229,8 @@ class StopRequest:
 
     def handled(self, results: Iterable[Item]) -> Iterator[Item]:
         """Yield ``results`` with this object handling SIGINT/SIGTERM meanwhile (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
+        with signals_routed_to(self._handle):
             yield from results
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield from results
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
