@@ -31,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", metavar="INPUT", help="video file (any format FFmpeg reads) or folder of images")
     run.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output video file, or folder for images")
     run.add_argument("--config", metavar="FILE", help="YAML config (keys as in configs/default.yaml)")
-    run.add_argument("--method", choices=METHODS, help="replacement method (default: dp)")
-    run.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
-    run.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
-    run.add_argument("--model", metavar="MANIFEST", help="face model manifest, or a built-in model: default, plain (no refiner: softer faces)")
+    _add_method_options(run)
     run.add_argument("--ledger", metavar="FILE", help="where to write the privacy ledger (default: OUTPUT.ledger.json)")
     run.add_argument("--codec", help="video encoder, e.g. libx264, libx265, libvpx-vp9 (default: libx264)")
     run.add_argument("--crf", metavar="N", help="x264/x265 quality, 0-51, lower is better (default: 20)")
@@ -56,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--preview", action="store_true", help="also show the anonymized video in a window")
     for live in (webcam, relay):
         live.add_argument("--config", metavar="FILE", help="YAML config, e.g. configs/webcam.yaml, configs/relay.yaml")
-        live.add_argument("--method", choices=METHODS, help="replacement method (default: dp)")
-        live.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
-        live.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
-        live.add_argument("--model", metavar="MANIFEST", help="face model manifest, or a built-in model: default, plain")
+        _add_method_options(live)
         live.add_argument("--ledger", metavar="FILE", help="privacy ledger path (default: beside the file output, else ./dpstream-live-TIME.ledger.json)")
         live.add_argument("--codec", help="video encoder (default: libx264)")
         live.add_argument("--crf", metavar="N", help="x264/x265 quality, 0-51 (default: 20)")
@@ -68,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         live.add_argument("--overwrite", action="store_true", help="replace an output file if it exists")
         live.add_argument("-q", "--quiet", action="store_true", help="no status line")
     return parser
+
+
+def _add_method_options(command: argparse.ArgumentParser) -> None:
+    """The options every command shares: method, privacy budget and face model."""
+    command.add_argument("--method", choices=METHODS, help="replacement method (default: dp)")
+    command.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
+    command.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
+    command.add_argument(
+        "--model", metavar="MANIFEST", help="face model manifest, or a built-in model: default, plain (no refiner: softer faces)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
