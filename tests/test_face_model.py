@@ -324,14 +324,7 @@ def test_face_swap_manifest_rejects_a_wrong_signature(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "data" / "lfw").is_dir(), reason="needs ../shared/data/lfw (set DPSTREAM_SHARED)")
 def test_real_lfw_face_round_trip(model):
-    import cv2
-    import mediapipe as mp
-
-    path = SHARED / "data" / "lfw" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
-    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
-        found = mesh.process(image).multi_face_landmarks[0].landmark
-    landmarks = np.array([(p.x * image.shape[1], p.y * image.shape[0]) for p in found], np.float32)
+    image, landmarks = lfw_face("Aaron_Eckhart_0001")
     identity = model.encode(image, landmarks)
     reconstruction, anonymized = image.copy(), image.copy()
     model.render(reconstruction, landmarks, identity)
@@ -342,6 +335,42 @@ def test_real_lfw_face_round_trip(model):
     assert own_error < other_error  # the decoder reproduces the encoded identity
     to_frame = fit_similarity(model._backend.template.mean_shape, landmarks[:MESH_POINTS])
     assert to_frame.scale > 20
+
+
+def lfw_face(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """An LFW image (RGB) and its MediaPipe face-mesh landmarks (478, 2) in pixels."""
+    import cv2
+    import mediapipe as mp
+
+    image = cv2.cvtColor(cv2.imread(str(SHARED / "data" / "lfw" / name.rsplit("_", 1)[0] / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
+        found = mesh.process(image).multi_face_landmarks[0].landmark
+    return image, np.array([(p.x * image.shape[1], p.y * image.shape[0]) for p in found], np.float32)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "lfw").is_dir(), reason="needs ../shared/data/lfw (set DPSTREAM_SHARED)")
+def test_a_close_up_gets_fine_detail_that_follows_the_frames(model):
+    import cv2
+
+    from dpstream.face_model.appearance import frame_detail_level
+
+    small, landmarks = lfw_face("Aaron_Eckhart_0001")
+    smooth = cv2.resize(small, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # a ~450-px face
+    grain = cv2.GaussianBlur(np.random.default_rng(0).normal(0, 6, smooth.shape[:2]).astype(np.float32), (0, 0), 0.7)
+    grainy = np.clip(smooth + grain[..., None], 0, 255).astype(np.uint8)  # the same, with a camera's grain
+    landmarks = landmarks * 4
+    x0, y0 = landmarks[:MESH_POINTS].min(0).astype(int)
+    x1, y1 = landmarks[:MESH_POINTS].max(0).astype(int)
+    face = (slice(y0, y1), slice(x0, x1))  # its middle half is measured
+    identity = model.post_process(np.random.default_rng(4).normal(size=model.dim))
+    levels = {}
+    for name, image in (("smooth", smooth), ("grainy", grainy)):
+        anonymized = image.copy()
+        model.render(anonymized, landmarks, identity)
+        assert (anonymized[face] != image[face]).any(axis=2).mean() > 0.9
+        levels[name] = frame_detail_level(anonymized[face])
+    assert levels["grainy"] > 1.3 * levels["smooth"]  # the new face's detail follows the frame's
+    assert levels["grainy"] < frame_detail_level(grainy[face])  # and never exceeds it
 
 
 def test_dp_face_replacer_renders_tracked_faces_and_falls_back_on_the_rest(model):

@@ -152,7 +152,7 @@ def triangulate(canonical_vertices: np.ndarray) -> np.ndarray:
 
 
 def blend_masks(triangles, pixel_triangle, pixel_barycentric, canonical_vertices):
-    """Feathered alpha (1 up to the inner ring, 0 at the outer), decoded-face weight, colour band.
+    """Decoded-face weight (1 on the mesh, 0 from the inner ring out) and the colour band.
 
     The colour band is the strip just inside the face outline where the frame's skin colour is
     measured (coarse statistics only) to match the decoded face to its surroundings.
@@ -165,13 +165,12 @@ def blend_masks(triangles, pixel_triangle, pixel_barycentric, canonical_vertices
         ramp[pixel_triangle < 0] = 0.0
         return ramp * ramp * (3 - 2 * ramp)
 
-    alpha = vertex_ramp(MESH_POINTS + len(FACE_OVAL))  # opaque to the inner ring, clear at the outer
     decoded_weight = vertex_ramp(MESH_POINTS)  # the decoded face inside the mesh, the softened frame outside
     oval_mask = np.zeros((CANONICAL_SIZE, CANONICAL_SIZE), np.uint8)
     cv2.fillPoly(oval_mask, [np.round(canonical_vertices[list(FACE_OVAL)]).astype(np.int32)], 1)
     depth = cv2.distanceTransform(oval_mask, cv2.DIST_L2, 5)
     colour_band = ((depth > 1) & (depth <= 8)).astype(np.float32)
-    return alpha.astype(np.float32), decoded_weight.astype(np.float32), colour_band
+    return decoded_weight.astype(np.float32), colour_band
 
 
 EYE_POINTS = ((33, 133, 159, 145), (362, 263, 386, 374))
@@ -241,7 +240,7 @@ def main() -> None:
     canonical_vertices, canonical_scale, canonical_offset = canonical_frame(mean_shape)
     triangles = triangulate(canonical_vertices)
     pixel_triangle, pixel_barycentric = pixel_lookup(canonical_vertices, triangles)
-    alpha, decoded_weight, colour_band = blend_masks(triangles, pixel_triangle, pixel_barycentric, canonical_vertices)
+    decoded_weight, colour_band = blend_masks(triangles, pixel_triangle, pixel_barycentric, canonical_vertices)
 
     # --- shape-free textures and their whitened PCA
     lfw = shared_dir() / "data" / "lfw"
@@ -293,7 +292,6 @@ def main() -> None:
         triangles=triangles,
         pixel_triangle=pixel_triangle,
         pixel_barycentric=pixel_barycentric,
-        alpha=alpha,
         decoded_weight=decoded_weight,
         colour_band=colour_band,
     )

@@ -46,19 +46,18 @@ def sample_canonical(image, vertices, triangles, pixel_triangle, pixel_barycentr
 
 
 @njit(cache=True, nogil=True)
-def _draw_triangle(vertices, canonical_vertices, corners, texture_alpha, x0, y0, width, height, size,
-                   draw_facing, colour, weight):  # fmt: skip
-    """Rasterize one triangle into ``colour``/``weight`` if its facing equals ``draw_facing``."""
+def _draw_triangle(vertices, facing_reference, corners, attributes, width, height, draw_facing, fields):
+    """Rasterize one triangle into ``fields`` if its facing equals ``draw_facing``."""
     a, b, c = corners[0], corners[1], corners[2]
-    ax, ay = vertices[a, 0] - x0, vertices[a, 1] - y0
-    bx, by = vertices[b, 0] - x0, vertices[b, 1] - y0
-    cx, cy = vertices[c, 0] - x0, vertices[c, 1] - y0
+    ax, ay = vertices[a, 0], vertices[a, 1]
+    bx, by = vertices[b, 0], vertices[b, 1]
+    cx, cy = vertices[c, 0], vertices[c, 1]
     determinant = (by - cy) * (ax - cx) + (cx - bx) * (ay - cy)
-    ua, va = canonical_vertices[a, 0], canonical_vertices[a, 1]
-    ub, vb = canonical_vertices[b, 0], canonical_vertices[b, 1]
-    uc, vc = canonical_vertices[c, 0], canonical_vertices[c, 1]
-    canonical_determinant = (vb - vc) * (ua - uc) + (uc - ub) * (va - vc)
-    if abs(determinant) < 1e-9 or (determinant * canonical_determinant > 0) != draw_facing:
+    ua, va = facing_reference[a, 0], facing_reference[a, 1]
+    ub, vb = facing_reference[b, 0], facing_reference[b, 1]
+    uc, vc = facing_reference[c, 0], facing_reference[c, 1]
+    reference_determinant = (vb - vc) * (ua - uc) + (uc - ub) * (va - vc)
+    if abs(determinant) < 1e-9 or (determinant * reference_determinant > 0) != draw_facing:
         return
     # barycentric weights are affine in (col, row): w = w_col * col + w_row * row + w_0
     wa_col, wa_row = (by - cy) / determinant, (cx - bx) / determinant
@@ -87,56 +86,42 @@ def _draw_triangle(vertices, canonical_vertices, corners, texture_alpha, x0, y0,
             wa = wa_col * col + wa_row * row + wa_0
             wb = wb_col * col + wb_row * row + wb_0
             wc = 1.0 - wa - wb
-            u = min(max(wa * ua + wb * ub + wc * uc, 0.0), size - 1.0)
-            v = min(max(wa * va + wb * vb + wc * vc, 0.0), size - 1.0)
-            u0, v0 = int(u), int(v)
-            u1, v1 = min(u0 + 1, size - 1), min(v0 + 1, size - 1)
-            fu, fv = u - u0, v - v0
-            w00, w01 = (1 - fu) * (1 - fv), fu * (1 - fv)
-            w10, w11 = (1 - fu) * fv, fu * fv
-            for channel in range(3):
-                colour[row, col, channel] = (
-                    w00 * texture_alpha[v0, u0, channel] + w01 * texture_alpha[v0, u1, channel]
-                    + w10 * texture_alpha[v1, u0, channel] + w11 * texture_alpha[v1, u1, channel]
-                )  # fmt: skip
-            weight[row, col] = (
-                w00 * texture_alpha[v0, u0, 3] + w01 * texture_alpha[v0, u1, 3]
-                + w10 * texture_alpha[v1, u0, 3] + w11 * texture_alpha[v1, u1, 3]
-            )  # fmt: skip
+            for k in range(attributes.shape[1]):
+                fields[k, row, col] = wa * attributes[a, k] + wb * attributes[b, k] + wc * attributes[c, k]
 
 
 @njit(cache=True, nogil=True)
-def rasterize_canonical(vertices, canonical_vertices, triangles, texture_alpha, x0, y0, width, height):
-    """Draw the canonical ``texture_alpha`` (S, S, 4: RGB + blend weight) onto the frame triangles.
+def rasterize_attributes(vertices, facing_reference, triangles, attributes, width, height):
+    """Interpolate per-vertex ``attributes`` (V, A) over the triangles drawn at ``vertices`` (V, 2).
 
-    Returns colour (h, w, 3) and weight (h, w) for the (height, width) box whose top-left is
-    (x0, y0); each frame pixel takes the last triangle covering it (no double blending on
-    shared edges). Triangles turned away from the viewer (their orientation flips: the far side
-    of a turned head) are drawn first, so the near side covers them and they only fill gaps.
+    Returns fields (A, height, width) float32 (0 where no triangle is) for the box at the origin of
+    ``vertices``; each pixel takes the last triangle covering it. A triangle whose
+    orientation differs from its ``facing_reference`` one (the far side of a turned head) is
+    drawn first, so the near side covers it and it only fills gaps.
     """
-    colour = np.zeros((height, width, 3), np.float32)
-    weight = np.zeros((height, width), np.float32)
-    size = texture_alpha.shape[0]
+    fields = np.zeros((attributes.shape[1], height, width), np.float32)
     for draw_facing in (False, True):
         for triangle in range(triangles.shape[0]):
-            _draw_triangle(vertices, canonical_vertices, triangles[triangle], texture_alpha, x0, y0,
-                           width, height, size, draw_facing, colour, weight)  # fmt: skip
-    return colour, weight
+            _draw_triangle(vertices, facing_reference, triangles[triangle], attributes, width, height,
+                           draw_facing, fields)  # fmt: skip
+    return fields
 
 
 @njit(cache=True, nogil=True)
-def blend_into(image, colour, alpha, x0, y0):
-    """Blend ``colour`` (h, w, 3) with weights ``alpha`` (h, w) into ``image`` at (x0, y0), in place."""
-    height, width = alpha.shape
+def blend_into(image, colour_opacity, grain, x0, y0):
+    """Blend ``colour_opacity`` (h, w, 4: RGB, opacity) plus ``grain`` (h, w, grey levels added to
+    every channel) into ``image`` at (x0, y0), in place."""
+    height, width = grain.shape
     for row in range(height):
         y = y0 + row
         if y < 0 or y >= image.shape[0]:
             continue
         for col in range(width):
             x = x0 + col
-            weight = alpha[row, col]
+            weight = colour_opacity[row, col, 3]
             if x < 0 or x >= image.shape[1] or weight <= 0.0:
                 continue
             for channel in range(3):
-                value = image[y, x, channel] * (1.0 - weight) + colour[row, col, channel] * weight
+                colour = colour_opacity[row, col, channel] + grain[row, col]
+                value = image[y, x, channel] * (1.0 - weight) + colour * weight
                 image[y, x, channel] = np.uint8(min(max(value + 0.5, 0.0), 255.0))

@@ -86,4 +86,5 @@ class SwapModel:
         box = (int(x1 - x0), int(y1 - y0))
         colour = cv2.warpAffine(swapped_rgb, shifted, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(self.mask, shifted, box, flags=cv2.INTER_LINEAR, borderValue=0.0)
-        blend_into(image_rgb, colour, alpha, int(x0), int(y0))
+        no_grain = np.zeros(alpha.shape, np.float32)
+        blend_into(image_rgb, np.dstack([colour, alpha]).astype(np.float32), no_grain, int(x0), int(y0))
