@@ -66,6 +66,7 @@ def test_decoder_output_depends_on_the_identity(model):
 def test_each_person_is_decoded_once_with_the_decoders_own_result(model):
     backend = model._backend
     assert backend._separable_decoder  # the default model's texture ignores the expression
+    assert backend._shared_shape_per_expression is not None  # and its shape is linear: one decoder pass per person
     rng = np.random.default_rng(4)
     code = model.post_process(rng.normal(size=model.dim))
     for _ in range(3):
@@ -136,6 +137,21 @@ def test_render_changes_the_face_region_and_only_it(model):
     assert changed[inside].mean() > 0.5  # the face is redrawn
     outside = ~cv2.dilate(inside.view(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     assert not changed[outside].any()  # nothing else is touched
+
+
+def test_only_the_declared_pose_and_expression_modes_come_from_the_frame(model):
+    backend = model._backend
+    template = backend.template
+    assert model.manifest.expression_from_frame == (0, 1, 3)  # turn, nod, mouth opening
+    _, landmarks = synthetic_face()
+    to_frame = fit_similarity(template.mean_shape, landmarks[:MESH_POINTS])
+    for mode in range(len(template.expression_std)):
+        step = 2 * template.expression_std[mode] * template.expression_basis[:, mode].reshape(-1, 2)
+        moved = to_frame.apply(template.mean_shape + step)
+        code = backend.expression_code(moved, backend._pose(moved))
+        assert np.all(code[[2, 4, 5]] == 0)  # modes that carry identity stay at the average face's
+        if mode in (0, 1, 3):
+            assert code[mode] == pytest.approx(2 * template.expression_std[mode], rel=0.05)
 
 
 def test_render_refuses_tiny_and_folded_faces(model):
@@ -212,6 +228,8 @@ def write_manifest(folder: Path, data: dict) -> Path:
         (lambda m: m["post_processing"].update(neighbours=0), "post_processing.neighbours"),
         (lambda m: m["refiner"].update(file="missing.onnx"), "refiner.file"),
         (lambda m: m["refiner"]["inputs"].update(texture=[1, 3, 64, 64]), "refiner"),
+        (lambda m: m.update(expression_from_frame=[0, 6]), "expression_from_frame"),
+        (lambda m: m.update(expression_from_frame="0,1"), "expression_from_frame"),
     ],
 )
 def test_manifest_validation_names_the_bad_key(tmp_path, change, message):

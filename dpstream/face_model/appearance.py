@@ -283,8 +283,12 @@ class AppearanceModel:
         self.encoder = create_session(manifest.encoder.path, threads)
         self.decoder = create_session(manifest.decoder.path, threads)
         self.refiner = create_session(manifest.refiner.path, threads) if manifest.refiner is not None else None
+        modes = len(self.template.expression_std)
+        kept = manifest.expression_from_frame if manifest.expression_from_frame is not None else range(modes)
+        self._expression_kept = np.isin(np.arange(modes), kept).astype(np.float64)  # 1: taken from the frame
         self._people: OrderedDict[bytes, DecodedPerson] = OrderedDict()  # by noisy identity
         self._separable_decoder = self._decoder_is_separable()
+        self._shared_shape_per_expression = self._shape_per_expression_if_shared() if self._separable_decoder else None
         self.detail_pattern = detail_pattern(self.template.size * MAX_FINE_FACTOR)
 
     def _pose(self, landmarks: np.ndarray) -> Similarity:
@@ -347,14 +351,29 @@ class AppearanceModel:
         return person.texture, person.shape(expression)
 
     def _decode_person(self, identity: np.ndarray) -> DecodedPerson:
-        steps = self.template.expression_std
-        texture, at_rest = self.decode(identity, np.zeros_like(steps))
-        per_expression = np.stack(
-            [(self.decode(identity, step)[1] - at_rest) / steps[k] for k, step in enumerate(np.diag(steps))]
-        )
+        texture, at_rest = self.decode(identity, np.zeros_like(self.template.expression_std))
+        per_expression = self._shared_shape_per_expression
+        if per_expression is None:
+            per_expression = self._shape_per_expression(identity, at_rest)
         texture = fill_outline(self.refine(texture), self.template)
         texture.flags.writeable = False
         return DecodedPerson(texture, at_rest, per_expression)
+
+    def _shape_per_expression(self, identity: np.ndarray, at_rest: np.ndarray) -> np.ndarray:
+        """(E, 468, 2) shape change per unit of each expression coefficient (one decoder pass each)."""
+        steps = self.template.expression_std
+        return np.stack([(self.decode(identity, step)[1] - at_rest) / steps[k] for k, step in enumerate(np.diag(steps))])
+
+    def _shape_per_expression_if_shared(self) -> np.ndarray | None:
+        """The shape change per expression coefficient when it is the same for every identity (a
+        decoder whose shape is linear, like the default model's), else None (checked on random codes)."""
+        rng = np.random.default_rng(1)
+        zero = np.zeros_like(self.template.expression_std)
+        first, second = (
+            self._shape_per_expression(identity, self.decode(identity, zero)[1])
+            for identity in rng.normal(0.0, 0.1, (2, self.manifest.embedding_dim))
+        )
+        return first if np.abs(first - second).max() <= 1e-4 * max(np.abs(first).max(), 1e-6) else None
 
     def _decoder_is_separable(self) -> bool:
         """Whether the decoder's texture ignores the expression and its shape is affine in it
@@ -371,6 +390,29 @@ class AppearanceModel:
         same_texture = np.array_equal(rest_texture, texture_a) and np.array_equal(rest_texture, texture_b)
         return same_texture and affine_error <= 1e-4 * max(np.abs(shape_a - rest).max(), 1e-6)
 
+    def _skin_detail(self, image_rgb: np.ndarray, to_frame: Similarity, box: tuple[int, int, int, int],
+                     face_weight: np.ndarray) -> np.ndarray:  # fmt: skip
+        """(h, w) grey levels added over the box: for a face larger than the texture, the fixed
+        detail pattern on a grid up to MAX_FINE_FACTOR times finer, moving with the face, as
+        strong as DETAIL_SHARE of the frame's own detail, where the decoded face is shown."""
+        t = self.template
+        x0, y0, x1, y1 = box
+        frame_px = to_frame.scale / t.canonical_scale
+        detail_scale = int(np.clip(round(frame_px), 1, MAX_FINE_FACTOR))
+        if detail_scale == 1:
+            return np.zeros((y1 - y0, x1 - x0), np.float32)
+        level = DETAIL_SHARE * frame_detail_level(image_rgb[y0:y1, x0:x1])
+        # box pixel -> pattern pixel (the canonical grid, detail_scale times finer)
+        to_aligned = to_frame.inverse().matrix
+        linear = detail_scale * t.canonical_scale * to_aligned[:, :2]
+        offset = detail_scale * (t.canonical_scale * to_aligned[:, 2] + t.canonical_offset + 0.5) - 0.5
+        to_pattern = np.column_stack([linear, linear @ (x0, y0) + offset])
+        pattern = cv2.warpAffine(
+            self.detail_pattern, to_pattern, (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT,
+        )  # fmt: skip
+        return cv2.multiply(pattern, face_weight, scale=level)
+
     def refine(self, texture: np.ndarray) -> np.ndarray:
         """The refiner stage on a decoded (S, S, 3) texture: ``REFINED_SHARE`` of its change is
         applied (the texture is unchanged when the model has no refiner).
@@ -383,14 +425,15 @@ class AppearanceModel:
         return np.ascontiguousarray(texture + REFINED_SHARE * (refined[0].transpose(1, 2, 0) - texture))
 
     def expression_code(self, landmarks: np.ndarray, to_frame: Similarity) -> np.ndarray:
-        """This frame's pose/expression coefficients (the only shape information taken from it)."""
+        """This frame's pose/expression coefficients (the only shape information taken from it):
+        the manifest's ``expression_from_frame`` modes, the others at 0."""
         t = self.template
         aligned = to_frame.inverse().apply(np.asarray(landmarks, np.float64)[:MESH_POINTS])
         code = (aligned - t.mean_shape).reshape(-1) @ t.expression_basis
         if np.abs(code / t.expression_std).max() > MAX_EXPRESSION_SD:
             raise RenderError("implausible pose/expression")
         limit = EXPRESSION_CLIP_SD * t.expression_std
-        return np.clip(code, -limit, limit)
+        return np.clip(code, -limit, limit) * self._expression_kept
 
     def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None:
         """Decode ``identity`` with this frame's pose/expression and blend it into the image in place."""
@@ -430,23 +473,9 @@ class AppearanceModel:
         face_weight = smoothstep(face_weight)
         colour_opacity = np.dstack([surroundings + face_weight[..., None] * (decoded - surroundings), smoothstep(opacity)])
         if scale < 1.0:
-            colour_opacity = cv2.resize(colour_opacity, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
-        # a close-up gets skin detail like the frame's, on a grid finer than the texture's
-        detail_scale = int(np.clip(round(frame_px), 1, MAX_FINE_FACTOR))
-        level = DETAIL_SHARE * frame_detail_level(image_rgb[y0:y1, x0:x1]) if detail_scale > 1 else 0.0
-        if level > 0:
-            if scale < 1.0:
-                face_weight = cv2.resize(face_weight, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
-            # frame pixel -> pattern pixel (the pattern is the canonical grid, detail_scale times finer)
-            to_aligned = to_frame.inverse().matrix
-            linear = detail_scale * t.canonical_scale * to_aligned[:, :2]
-            offset = detail_scale * (t.canonical_scale * to_aligned[:, 2] + t.canonical_offset + 0.5) - 0.5
-            to_pattern = np.column_stack([linear, linear @ (x0, y0) + offset])
-            pattern = cv2.warpAffine(
-                self.detail_pattern, to_pattern, (box_width, box_height),
-                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT,
-            )  # fmt: skip
-            grain = cv2.multiply(pattern, face_weight, scale=level)
-        else:
-            grain = np.zeros((box_height, box_width), np.float32)
+            colour_opacity, face_weight = (
+                cv2.resize(plane, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
+                for plane in (colour_opacity, face_weight)
+            )
+        grain = self._skin_detail(image_rgb, to_frame, (x0, y0, x1, y1), face_weight)
         blend_into(image_rgb, colour_opacity, grain, x0, y0)

@@ -17,6 +17,9 @@ Optional ``refiner`` (appearance models): a network from the decoder's canonical
 decoder and before colour matching. It sees only the decoder's output, so it is
 post-processing of the DP release like the codebook below.
 
+Optional ``expression_from_frame`` (appearance models): the indices of the pose/expression
+modes taken from the frame; the others are left at 0 (the average face's). Default: all.
+
 Optional ``post_processing``: ``codebook`` (a .npy of K plausible identity vectors) and
 ``neighbours``: a noisy release is replaced by the mean of the ``neighbours`` codebook entries
 most aligned with it, scaled to ``typical_norm`` (without a codebook: the noisy vector itself,
@@ -97,6 +100,7 @@ class Manifest:
     codebook_path: Path | None = None  # post-processing: plausible identities (K, D)
     codebook_neighbours: int = 1  # how many nearest codebook identities a release is mixed from
     refiner: NetworkSpec | None = None  # appearance: post-decoder texture refiner
+    expression_from_frame: tuple[int, ...] | None = None  # appearance: modes taken from the frame (None: all)
 
 
 def _require(mapping: dict, key: str, where: str):
@@ -160,6 +164,9 @@ def _check_appearance(manifest: Manifest) -> None:
         raise ManifestError(f"model manifest: 'decoder.inputs.identity' must end in embedding_dim {dim}")
     if manifest.template_path is None or not manifest.template_path.is_file():
         raise ManifestError(f"model manifest: 'alignment.template' not found: {manifest.template_path}")
+    modes = manifest.decoder.inputs["expression"][-1]
+    if manifest.expression_from_frame is not None and not all(0 <= m < modes for m in manifest.expression_from_frame):
+        raise ManifestError(f"model manifest: 'expression_from_frame' must list mode indices below {modes}")
     if manifest.refiner is not None:
         texture = (1, 3, manifest.crop_size, manifest.crop_size)
         if list(manifest.refiner.inputs.values()) != [texture] or list(manifest.refiner.outputs.values()) != [texture]:
@@ -181,6 +188,14 @@ def _check_face_swap(manifest: Manifest) -> None:
         raise ManifestError(f"model manifest: decoder crop input must be 1x3x{manifest.crop_size}x{manifest.crop_size}")
     if manifest.five_points.shape != (5, 2):
         raise ManifestError("model manifest: 'alignment.five_points' must be 5 [x, y] pairs")
+
+
+def _mode_list(raw) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(m, int) and not isinstance(m, bool) for m in raw) or len(set(raw)) != len(raw):
+        raise ManifestError(f"model manifest: 'expression_from_frame' must be a list of distinct mode indices, got {raw!r}")
+    return tuple(raw)
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:
@@ -230,6 +245,7 @@ def _parse_manifest(raw: dict, path: Path) -> Manifest:
         codebook_path=folder / str(codebook) if codebook is not None else None,
         codebook_neighbours=_positive(post_processing.get("neighbours", 1), "post_processing.neighbours", int),
         refiner=_network(raw["refiner"], "refiner", folder) if raw.get("refiner") is not None else None,
+        expression_from_frame=_mode_list(raw.get("expression_from_frame")),
     )
     if manifest.refiner is not None and kind != "appearance":
         raise ManifestError("model manifest: 'refiner' is only supported for kind 'appearance'")
