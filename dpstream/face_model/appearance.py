@@ -390,14 +390,14 @@ class AppearanceModel:
         same_texture = np.array_equal(rest_texture, texture_a) and np.array_equal(rest_texture, texture_b)
         return same_texture and affine_error <= 1e-4 * max(np.abs(shape_a - rest).max(), 1e-6)
 
-    def _skin_detail(self, image_rgb: np.ndarray, to_frame: Similarity, box: tuple[int, int, int, int],
-                     face_weight: np.ndarray) -> np.ndarray:  # fmt: skip
+    def _skin_detail(self, image_rgb: np.ndarray, to_frame: Similarity, frame_px: float,
+                     box: tuple[int, int, int, int], face_weight: np.ndarray) -> np.ndarray:  # fmt: skip
         """(h, w) grey levels added over the box: for a face larger than the texture, the fixed
         detail pattern on a grid up to MAX_FINE_FACTOR times finer, moving with the face, as
-        strong as DETAIL_SHARE of the frame's own detail, where the decoded face is shown."""
+        strong as DETAIL_SHARE of the frame's own detail, where the decoded face is shown.
+        ``frame_px``: frame pixels per texture pixel."""
         t = self.template
         x0, y0, x1, y1 = box
-        frame_px = to_frame.scale / t.canonical_scale
         detail_scale = int(np.clip(round(frame_px), 1, MAX_FINE_FACTOR))
         if detail_scale == 1:
             return np.zeros((y1 - y0, x1 - x0), np.float32)
@@ -477,5 +477,5 @@ class AppearanceModel:
                 cv2.resize(plane, (box_width, box_height), interpolation=cv2.INTER_LINEAR)
                 for plane in (colour_opacity, face_weight)
             )
-        grain = self._skin_detail(image_rgb, to_frame, (x0, y0, x1, y1), face_weight)
+        grain = self._skin_detail(image_rgb, to_frame, frame_px, (x0, y0, x1, y1), face_weight)
         blend_into(image_rgb, colour_opacity, grain, x0, y0)
