@@ -212,3 +212,21 @@ def test_a_person_who_leaves_and_returns_keeps_one_person_and_one_draw(tmp_path)
     assert exposed == [], f"GT face un-anonymized in frames {exposed}"
     assert [p["draws"] for p in ledger["people"]] == [1], f"ledger people: {ledger['people']}"
     assert ledger["totals"]["draws"] == 1
+
+
+@requires_shared
+def test_seeded_draws_repeat_exactly_and_another_seed_draws_another_face(shared_video, tmp_path):
+    """tools/evaluate_draws.py compares ε draw by draw: a seed must give the same output every
+    time it is judged, and another seed a different face."""
+    from dpstream.config import load_config
+    from dpstream.face_model import FaceModel
+    from tools.evaluate_draws import judge_draw, sample_clip
+    from tools.evaluate_tracking import DescriptorCache, Judges
+
+    config = load_config(None)
+    clip = sample_clip(shared_video("closeup_512_d3.mp4"), config, every=90)
+    model, judges, cache = FaceModel.load(config.model), Judges.load(), DescriptorCache(tmp_path / "descriptors.npz")
+    first, again, other = (judge_draw(clip, "closeup", model, config, 1.0, seed, judges, cache) for seed in (3, 3, 4))
+    assert first.frames == len(clip) == 4 and first.rendered == 4
+    assert (again.closest, again.leak_frames) == (first.closest, first.leak_frames)
+    assert np.isfinite(first.closest) and other.closest != first.closest

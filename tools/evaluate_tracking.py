@@ -394,12 +394,16 @@ class FrameLeaks:
     unprocessed: int = 0  # leaks whose pixels were left as they were (a face the pipeline missed)
 
 
-def leaks_in_frame(judges: Judges, cache: DescriptorCache, frame: int, original: np.ndarray, output: np.ndarray) -> FrameLeaks:
+def leaks_in_frame(
+    judges: Judges, cache: DescriptorCache, frame: int, original: np.ndarray, output: np.ndarray,
+    originals: dict[int, np.ndarray] | None = None,
+) -> FrameLeaks:
     """Faces the judges find in ``output``; a leak when dlib matches the original's face at that
-    place and the original has a real face there."""
+    place and the original has a real face there (``originals``: the confirmers' boxes on this
+    original frame, kept by a caller that judges several outputs of it)."""
     found = {name: detector.detect(output) for name, detector in judges.detectors.items()}
     judged: list[tuple[np.ndarray, float, bool]] = []  # boxes judged in this frame, shared by the judges
-    originals: dict[int, np.ndarray] = {}
+    originals = {} if originals is None else originals
     result = FrameLeaks({}, {}, 0, [])
     limit = np.array([output.shape[1] - 1, output.shape[0] - 1] * 2, np.float32)
     for name, detections in found.items():
