@@ -45,7 +45,9 @@ from dpstream.replace.dp_face import DpFaceReplacer  # noqa: E402
 from dpstream.source import VideoSource  # noqa: E402
 from dpstream.types import Faces, VideoFrame  # noqa: E402
 from tools.evaluate_model import wilson_interval  # noqa: E402
-from tools.evaluate_tracking import RUNS, VIDEOS, DescriptorCache, Judges, frame_runs, leaks_in_frame  # noqa: E402
+from tools.evaluate_tracking import (  # noqa: E402
+    RUNS, VIDEOS, DescriptorCache, Judges, frame_runs, leaks_in_frame, shared_video_names,
+)
 
 REPORT = REPO_ROOT / "benchmarks" / "results" / "leak_draws.md"
 
@@ -108,7 +110,7 @@ def summary_rows(results: list[DrawResult]) -> list[str]:
                 lines.append(f"| {video} | {epsilon:g} | {len(runs)} | - | no face drawn (all fallbacks) | - | - | - |")
                 continue
             leaked = [r for r in runs if r.leak_frames]
-            low, high = (min(max(bound, 0.0), 1.0) for bound in wilson_interval(len(leaked), len(runs)))
+            low, high = wilson_interval(len(leaked), len(runs))
             closest = np.median([r.closest for r in runs])
             per_draw = ", ".join(f"draw {r.draw}: {len(r.leak_frames)}" for r in leaked) or "-"
             lines.append(
@@ -148,10 +150,7 @@ def main() -> None:
         parser.error(f"--epsilons: expected numbers separated by commas, got {args.epsilons!r}")
     if args.draws < 1 or args.every < 1 or any(e <= 0 for e in epsilons):
         parser.error("--draws and --every must be ≥ 1 and every ε > 0")
-    names = args.videos.split(",") if args.videos else sorted(p.name for p in VIDEOS.iterdir())
-    for name in names:
-        if not (VIDEOS / name).is_file():
-            parser.error(f"--videos: {VIDEOS / name} not found")
+    names = shared_video_names(args.videos, parser)
     started = time.perf_counter()
     config = load_config(None)
     model = FaceModel.load(config.model)

@@ -285,11 +285,11 @@ def time_per_face(model: FaceModel, probes: list[Face], upscale: int) -> str:
 
 
 def wilson_interval(successes: float, trials: int) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion."""
+    """95 % Wilson score interval of a binomial proportion (clamped to [0, 1] against rounding)."""
     z, p = 1.96, successes / trials
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return centre - half, centre + half
+    return max(centre - half, 0.0), min(centre + half, 1.0)
 
 
 def pooled_noisy_rows(results: list[MethodResult]) -> list[str]:

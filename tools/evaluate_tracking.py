@@ -646,6 +646,15 @@ def write_report(
     REPORT.write_text("\n".join(lines), encoding="utf-8")
 
 
+def shared_video_names(option: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The ``--videos`` names (comma-separated; empty: every shared video), each checked to exist."""
+    names = option.split(",") if option else sorted(p.name for p in VIDEOS.iterdir())
+    for name in names:
+        if not (VIDEOS / name).is_file():
+            parser.error(f"--videos: {VIDEOS / name} not found")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("all", "synthetic", "leaks"), default="all")
@@ -668,11 +677,8 @@ def main() -> None:
             print("\n".join(synthetic_table(synthetic)[-2:-1]), flush=True)
         print("\n".join(synthetic_table(synthetic) + failure_lines(synthetic)), flush=True)
     if args.part in ("all", "leaks"):
-        names = args.videos.split(",") if args.videos else sorted(p.name for p in VIDEOS.iterdir())
         judges = Judges.load()
-        for name in names:
-            if not (VIDEOS / name).is_file():
-                parser.error(f"--videos: {VIDEOS / name} not found")
+        for name in shared_video_names(args.videos, parser):
             for method in args.methods.split(","):
                 for draw in range(args.draws):
                     leaks.append(evaluate_leaks(VIDEOS / name, method, judges, RUNS / "leaks", args.stride))
