@@ -70,7 +70,10 @@ def _add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
     command.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
     command.add_argument(
-        "--model", metavar="MANIFEST", help="face model manifest, or a built-in model: default, plain (no refiner: softer faces)"
+        "--model",
+        metavar="MANIFEST",
+        help="face model manifest, or a built-in model: default, plain (no refiner: softer faces), "
+        "fitted (the face fitted to the head around it: more natural, more look-alikes; see PRIVACY.md)",
     )
 
 

@@ -22,6 +22,11 @@ def model() -> FaceModel:
     return FaceModel.load()
 
 
+@pytest.fixture(scope="module")
+def fitted() -> FaceModel:
+    return FaceModel.load("fitted")
+
+
 def synthetic_face(size: int = 256, radius: float = 60.0, angle: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """A textured image and (468, 2) landmarks: the model's mean shape, rotated and placed."""
     mean_shape = AppearanceTemplate.load(load_manifest().template_path).mean_shape
@@ -230,15 +235,30 @@ def write_manifest(folder: Path, data: dict) -> Path:
         (lambda m: m["refiner"]["inputs"].update(texture=[1, 3, 64, 64]), "refiner"),
         (lambda m: m.update(expression_from_frame=[0, 6]), "expression_from_frame"),
         (lambda m: m.update(expression_from_frame="0,1"), "expression_from_frame"),
+        (lambda m: m.update(context={"file": "missing.npz"}), "context.file"),
+        (lambda m: m.update(context="context.npz"), "'context' must be a mapping"),
     ],
 )
 def test_manifest_validation_names_the_bad_key(tmp_path, change, message):
     raw = yaml.safe_load(BUILT_IN_MANIFESTS["default"].read_text())
-    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy", "refiner.onnx"):
+    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy", "refiner.onnx", "context.npz"):
         (tmp_path / name).symlink_to(DEFAULT_MANIFEST.parent / name)
     change(raw)
     with pytest.raises(ManifestError, match=message):
         load_manifest(write_manifest(tmp_path, raw))
+
+
+def test_a_context_file_that_does_not_fit_the_model_is_refused(tmp_path):
+    raw = yaml.safe_load(BUILT_IN_MANIFESTS["fitted"].read_text())
+    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy", "refiner.onnx"):
+        (tmp_path / name).symlink_to(DEFAULT_MANIFEST.parent / name)
+    context = dict(np.load(DEFAULT_MANIFEST.parent / "context.npz"))
+    np.savez(tmp_path / "context.npz", **{**context, "weights": context["weights"][:, :-1]})
+    with pytest.raises(ManifestError, match="does not fit a 128-d model"):
+        FaceModel.load(write_manifest(tmp_path, raw))
+    (tmp_path / "context.npz").write_bytes(b"not an npz")
+    with pytest.raises(ManifestError, match="not a context model"):
+        FaceModel.load(write_manifest(tmp_path, raw))
 
 
 def test_manifest_errors_for_missing_or_invalid_files(tmp_path):
@@ -406,3 +426,54 @@ def test_dp_face_replacer_renders_tracked_faces_and_falls_back_on_the_rest(model
     assert result.fallbacks == 2  # the untracked face and the face without a mesh
     assert (result.frame.image[250:260, 250:260] != image[250:260, 250:260]).any()
     assert replacer.summary()["faces_rendered"] == 1
+
+
+def eval_split_faces(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first image of each of the first ``count`` LFW eval identities (never seen in training)."""
+    rows = [line.split("\t") for line in (SHARED / "data" / "lfw_split.tsv").read_text().splitlines()[1:]]
+    names = [identity for identity, _, split in rows if split.strip() == "eval"][:count]
+    return [lfw_face(f"{name}_0001") for name in names]
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "lfw").is_dir(), reason="needs ../shared/data/lfw (set DPSTREAM_SHARED)")
+def test_the_context_stage_predicts_part_of_an_unseen_persons_code_from_the_head_around_it(model, fitted):
+    errors, spreads = [], []
+    for image, landmarks in eval_split_faces(16):
+        code = model.encode(image, landmarks)
+        predicted = fitted.condition(image, landmarks, np.zeros(model.dim))  # the release's part is 0 here
+        assert np.array_equal(model.condition(image, landmarks, code), code)  # no stage (default): unchanged
+        errors.append(np.sum((code - predicted) ** 2))
+        spreads.append(np.sum(code**2))  # the error of predicting the mean (zero) code
+    assert np.mean(errors) < 0.85 * np.mean(spreads)  # held-out R² on the train split's fifth: 0.32
+    release = model.post_process(np.random.default_rng(7).normal(size=model.dim))
+    first, second = (fitted.condition(image, landmarks, release) for image, landmarks in eval_split_faces(2))
+    assert np.linalg.norm(first - second) > 0.05  # one release, two heads: two different faces
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "lfw").is_dir(), reason="needs ../shared/data/lfw (set DPSTREAM_SHARED)")
+def test_a_person_keeps_the_face_fitted_to_its_first_frame(fitted):
+    import cv2
+
+    from dpstream.privacy import PrivacyConfig
+    from dpstream.replace.dp_face import DpFaceReplacer
+    from dpstream.types import Faces, VideoFrame
+
+    image, landmarks = lfw_face("Aaron_Eckhart_0001")
+    outside = np.ones(image.shape[:2], np.uint8)
+    cv2.fillConvexPoly(outside, cv2.convexHull(np.round(landmarks[:MESH_POINTS]).astype(np.int32)), 0)
+    relit = image.copy()
+    relit[outside > 0] = 255 - relit[outside > 0]  # what is around the face mesh changes: another context
+    mesh = landmarks[None, :MESH_POINTS].astype(np.float32)
+    box = np.concatenate([mesh[0].min(0), mesh[0].max(0)])[None]
+    faces = Faces(box, np.ones(1, np.float32), mesh, np.array([3]))
+    interior = (slice(105, 145), slice(105, 145))  # well inside the face: drawn from the decoded texture
+
+    def rendered(replacer: DpFaceReplacer, frame: np.ndarray, time: float) -> np.ndarray:
+        return replacer.replace(VideoFrame(frame.copy(), time), faces).frame.image[interior].astype(int)
+
+    tracked = DpFaceReplacer(fitted, PrivacyConfig(epsilon=1.0), testing_seed=0)
+    first = rendered(tracked, image, 0.0)
+    later = rendered(tracked, relit, 0.04)  # same track, new surroundings
+    fresh = rendered(DpFaceReplacer(fitted, PrivacyConfig(epsilon=1.0), testing_seed=0), relit, 0.0)
+    assert np.abs(later - first).mean() < 1.0  # the same face: fitted once, at its first frame
+    assert np.abs(fresh - first).mean() > 3.0  # fitted to the other surroundings it is another face

@@ -2,7 +2,6 @@
 
 import cv2
 import numpy as np
-import pytest
 from conftest import requires_shared
 from independent import VIDEOS, YuNet, decoded_rgb_frames
 

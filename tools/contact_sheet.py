@@ -4,10 +4,13 @@
 
 Writes ``benchmarks/results/face_model_videos.png`` (two frames from each shared clip, faces
 found by the pipeline's own ``FaceFinder``: the frame before/after, then each face zoomed,
-before/after) and ``benchmarks/results/face_model_lfw.png``
-(LFW eval faces: original | ε = 4 | ε = ∞ | mean identity). Each face gets one noisy identity
-(analytic Gaussian, δ = 1e-5, fixed seed, then the model's post-processing) per clip, as the
-pipeline draws one per person; faces that cannot be rendered get a red cross.
+before/after), ``benchmarks/results/face_model_closeup.png`` (the faces of the large-face
+clips at 1:1, no resampling: before | after) and ``benchmarks/results/face_model_lfw.png``
+(LFW eval faces: original | ε | ε with the built-in model ``fitted`` (the same noise, fitted to
+the head) | ε = ∞ | the face ``fitted`` predicts from the head alone, for a zero release). Each
+face gets one noisy identity (analytic Gaussian, δ = 1e-5, fixed seed, then the model's
+post-processing and, with a context stage, fitted to the head on its first frame) per clip, as
+the pipeline draws one per person; faces that cannot be rendered get a red cross.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ CLIPS = (
     "walking_3people_480x270.mp4",
     "asl_thanks_640x480.mkv",
 )
+CLOSEUP_CLIPS = ("closeup_512_d3.mp4", "talking_720p_s18.mp4", "portrait_720x1280_d13.mp4")
 FRAME_FRACTIONS = (0.3, 0.75)
 TILE_HEIGHT = 240
 FRAME_HEIGHT = 240
@@ -84,32 +88,55 @@ def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
     return np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
 
 
+def anonymized_clip_frames(model: FaceModel, clip: str, epsilon: float, rng, finder: FaceFinder):
+    """(frame, anonymized frame, landmarks of each face) at ``FRAME_FRACTIONS`` of a clip; a face
+    near one seen before in the clip is taken for the same person (its identity is kept)."""
+    frames = read_frames(shared_dir() / "data" / "videos" / clip, FRAME_FRACTIONS)
+    people: list[tuple[np.ndarray, np.ndarray]] = []  # (face centre, identity to decode) in this clip
+    for index, image in enumerate(frames):
+        faces = finder.find(VideoFrame(image.copy(), index))
+        anonymized = image.copy()
+        plans = []
+        for landmarks in faces.landmarks[faces.has_mesh()]:
+            centre = landmarks.mean(0)
+            nearest = min(people, key=lambda p: np.linalg.norm(p[0] - centre), default=None)
+            if nearest is None or np.linalg.norm(nearest[0] - centre) > 0.25 * image.shape[1]:
+                try:
+                    released = noisy_identity(model, model.encode(image, landmarks), epsilon, rng)
+                    identity = model.condition(image, landmarks, released)
+                except RenderError:
+                    identity = np.zeros(model.dim)
+                nearest = (centre, identity)
+                people.append(nearest)
+            plans.append((landmarks, nearest[1]))
+        for landmarks, identity in plans:
+            render_or_mark(model, anonymized, landmarks, identity)
+        yield image, anonymized, [landmarks for landmarks, _ in plans]
+
+
+def closeup_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
+    finder = FaceFinder()
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for clip in CLOSEUP_CLIPS:
+        for image, anonymized, faces in anonymized_clip_frames(model, clip, epsilon, rng, finder):
+            for landmarks in faces:
+                height, width = image.shape[:2]
+                x0, y0 = np.clip(landmarks.min(0) - 0.15 * (landmarks.max(0) - landmarks.min(0)), 0, None).astype(int)
+                x1, y1 = (np.minimum(landmarks.max(0) + 0.15 * (landmarks.max(0) - landmarks.min(0)), (width, height))).astype(int)
+                tiles.append(np.hstack([image[y0:y1, x0:x1], np.full((y1 - y0, 4, 3), 255, np.uint8), anonymized[y0:y1, x0:x1]]))
+    finder.close()
+    return stack_rows(tiles)
+
+
 def video_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
     finder = FaceFinder()
     rng = np.random.default_rng(seed)
     rows = []
     for clip in CLIPS:
-        frames = read_frames(shared_dir() / "data" / "videos" / clip, FRAME_FRACTIONS)
-        people: list[tuple[np.ndarray, np.ndarray]] = []  # (face centre, noisy identity) in this clip
-        for index, image in enumerate(frames):
-            faces = finder.find(VideoFrame(image.copy(), index))
-            anonymized = image.copy()
-            plans = []
-            for landmarks in faces.landmarks[faces.has_mesh()]:
-                centre = landmarks.mean(0)
-                nearest = min(people, key=lambda p: np.linalg.norm(p[0] - centre), default=None)
-                if nearest is None or np.linalg.norm(nearest[0] - centre) > 0.25 * image.shape[1]:
-                    try:
-                        identity = noisy_identity(model, model.encode(image, landmarks), epsilon, rng)
-                    except RenderError:
-                        identity = np.zeros(model.dim)
-                    nearest = (centre, identity)
-                    people.append(nearest)
-                plans.append((landmarks, nearest[1]))
-            for landmarks, identity in plans:
-                render_or_mark(model, anonymized, landmarks, identity)
+        for image, anonymized, faces in anonymized_clip_frames(model, clip, epsilon, rng, finder):
             tiles = [fit_height(image, FRAME_HEIGHT), fit_height(anonymized, FRAME_HEIGHT)]
-            for landmarks, _ in plans:
+            for landmarks in faces:
                 tiles += [face_crop(image, landmarks), face_crop(anonymized, landmarks)]
             rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles]))
     finder.close()
@@ -117,6 +144,7 @@ def video_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
 
 
 def lfw_sheet(model: FaceModel, epsilon: float, seed: int, count: int = 12) -> np.ndarray:
+    fitted = FaceModel.load("fitted")
     cache = dict(np.load(LANDMARKS_PATH))
     usable = (cache["splits"] == "eval") & ~np.isnan(cache["landmarks"]).any(axis=(1, 2))
     rows_index = np.random.default_rng(seed).choice(np.flatnonzero(usable), count, replace=False)
@@ -126,10 +154,12 @@ def lfw_sheet(model: FaceModel, epsilon: float, seed: int, count: int = 12) -> n
         image = cv2.cvtColor(cv2.imread(str(shared_dir() / "data" / "lfw" / cache["paths"][row])), cv2.COLOR_BGR2RGB)
         landmarks = cache["landmarks"][row]
         identity = model.encode(image, landmarks)
+        released = noisy_identity(model, identity, epsilon, rng)
         variants = [image]
-        for code in (noisy_identity(model, identity, epsilon, rng), model.post_process(identity), np.zeros(model.dim)):
+        for renderer, code in ((model, released), (fitted, released), (model, model.post_process(identity)),
+                               (fitted, np.zeros(model.dim))):  # fmt: skip
             variant = image.copy()
-            render_or_mark(model, variant, landmarks, code)
+            render_or_mark(renderer, variant, landmarks, renderer.condition(image, landmarks, code))
             variants.append(variant)
         tiles.append(np.hstack([v[25:225, 25:225] for v in variants]))
     half = (len(tiles) + 1) // 2
@@ -138,14 +168,15 @@ def lfw_sheet(model: FaceModel, epsilon: float, seed: int, count: int = 12) -> n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epsilon", type=float, default=4.0)
+    parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--manifest", default=None)
     args = parser.parse_args()
     model = FaceModel.load(args.manifest)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     for name, sheet in (("face_model_lfw.png", lfw_sheet(model, args.epsilon, args.seed)),
-                        ("face_model_videos.png", video_sheet(model, args.epsilon, args.seed))):  # fmt: skip
+                        ("face_model_videos.png", video_sheet(model, args.epsilon, args.seed)),
+                        ("face_model_closeup.png", closeup_sheet(model, args.epsilon, args.seed))):  # fmt: skip
         cv2.imwrite(str(RESULTS_DIR / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         print(RESULTS_DIR / name)
 

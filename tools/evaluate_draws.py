@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=20, help="seeded draws per clip and ε")
     parser.add_argument("--epsilons", default="1,0.01", help="ε values (comma-separated)")
     parser.add_argument("--every", type=int, default=5, help="judge every Nth frame")
+    parser.add_argument("--model", default=None, help="face model manifest or built-in name (default: the config's)")
     parser.add_argument("--no-report", action="store_true", help=f"print only, do not write {REPORT.relative_to(REPO_ROOT)}")
     args = parser.parse_args()
     try:
@@ -153,7 +154,7 @@ def main() -> None:
     names = shared_video_names(args.videos, parser)
     started = time.perf_counter()
     config = load_config(None)
-    model = FaceModel.load(config.model)
+    model = FaceModel.load(args.model or config.model)
     judges = Judges.load()
     results: list[DrawResult] = []
     for name in names:

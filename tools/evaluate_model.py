@@ -19,7 +19,8 @@ images per identity (their mean dlib vector). Measured per method:
 * encoder + decoder + blend time per face.
 
 Noise is the analytic Gaussian mechanism (``dpstream.privacy.analytic``) with sensitivity
-2·clip_norm, δ = 1e-5, one draw per face, then the model's post-processing. Writes
+2·clip_norm, δ = 1e-5, one draw per face, then the model's post-processing and, as in the
+pipeline, its context stage when it has one (``--manifest fitted``). Writes
 ``benchmarks/results/face_model_eval.md`` and ``privacy_utility.png``; caches the originals'
 dlib vectors in ``tools/_runs/``.
 """
@@ -180,13 +181,18 @@ def make_anonymizers(model: FaceModel, probes: list[Face], config: Config, seed:
 
         def run(index: int, image: np.ndarray) -> int:
             noisy = identity_of(index) + rng.normal(0.0, sigma, model.dim)
-            model.render(image, probes[index].landmarks, model.post_process(noisy))
+            render_release(image, index, model.post_process(noisy))
             return 0
 
         return run
 
+    def render_release(image: np.ndarray, index: int, released: np.ndarray) -> None:
+        """As the pipeline renders a person: the release fitted to the head around the face."""
+        landmarks = probes[index].landmarks
+        model.render(image, landmarks, model.condition(image, landmarks, released))
+
     def mean_code(index: int, image: np.ndarray) -> int:
-        model.render(image, probes[index].landmarks, np.zeros(model.dim))
+        render_release(image, index, np.zeros(model.dim))
         return 0
 
     def next_other_identity(index: int) -> int:
@@ -267,7 +273,7 @@ def time_per_face(model: FaceModel, probes: list[Face], upscale: int) -> str:
         landmarks = face.landmarks * upscale
         try:
             wall_start, cpu_start = time.perf_counter(), time.process_time()
-            identity = model.post_process(model.encode(image, landmarks))
+            identity = model.condition(image, landmarks, model.post_process(model.encode(image, landmarks)))
             model.render(image.copy(), landmarks, identity)
             timings["new person"][0].append(time.perf_counter() - wall_start)
             timings["new person"][1].append(time.process_time() - cpu_start)
@@ -314,7 +320,8 @@ def write_report(results, baselines, timings, model, args) -> None:
         "# DP face model: privacy/utility on LFW eval identities",
         "",
         f"Model `{model.manifest.name}` (dim {model.dim}, clip norm {model.clip_norm}, "
-        f"refiner: {model.manifest.refiner.path.name if model.manifest.refiner else 'none'}), "
+        f"refiner: {model.manifest.refiner.path.name if model.manifest.refiner else 'none'}, "
+        f"context stage: {model.manifest.context_path.name if model.manifest.context_path else 'none'}), "
         f"{results[0].faces} probe faces ({args.probes_per_identity} per identity, 158 identities, seed {args.seed}). "
         f"Attacker: dlib ResNet, same person at distance < {DLIB_THRESHOLD}. Judge: YuNet (score ≥ {YUNET_SCORE}). "
         f"Noise: analytic Gaussian, Δ = 2·clip_norm, δ = {DELTA:g}, then the model's post-processing (mix of the nearest codebook identities, scaled to the typical norm).",
@@ -338,10 +345,12 @@ def write_report(results, baselines, timings, model, args) -> None:
         "",
         "`dp-inf`: no noise, but the release still goes through post-processing (the mix of the "
         "nearest codebook identities). `own-code`: the face's own clipped code decoded directly, no "
-        "noise and no post-processing (does the decoder carry identity?). `mean`: the identity "
-        "vector replaced by the mean (zero) code — what the un-noised channels (pose/expression, "
-        "colour field, softened context around the region) still give the attacker. "
-        "`other-person`: another eval identity's own code rendered onto the face — the floor.",
+        "noise and no post-processing (does the decoder carry identity?). `mean`: the release "
+        "replaced by the mean (zero) code, then fitted to the head as every release is (the model's "
+        "context stage, when it has one) — what the un-noised channels (pose/expression, colour "
+        "field, softened context around the region, and the code they predict) still give the attacker. "
+        "`other-person`: another eval identity's own code (post-processed, not fitted to this head) "
+        "rendered onto the face — the floor.",
         "",
         "## Time per face (one ONNX Runtime thread, one BLAS thread, median of 100)",
         "",

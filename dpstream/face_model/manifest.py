@@ -20,6 +20,10 @@ post-processing of the DP release like the codebook below.
 Optional ``expression_from_frame`` (appearance models): the indices of the pose/expression
 modes taken from the frame; the others are left at 0 (the average face's). Default: all.
 
+Optional ``context`` (appearance models): ``file`` names a ``context.npz``
+(``dpstream/face_model/context.py``) that fits the released identity to the head around the
+face (its kept surroundings and outline colour); post-processing like the codebook.
+
 Optional ``post_processing``: ``codebook`` (a .npy of K plausible identity vectors) and
 ``neighbours``: a noisy release is replaced by the mean of the ``neighbours`` codebook entries
 most aligned with it, scaled to ``typical_norm`` (without a codebook: the noisy vector itself,
@@ -44,7 +48,11 @@ ARCFACE_FIVE_POINTS = np.array(
 """The usual 5-point face-swap/recognition template as fractions of the crop size."""
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "assets" / "manifest.yaml"
-BUILT_IN_MANIFESTS = {"default": DEFAULT_MANIFEST, "plain": DEFAULT_MANIFEST.with_name("manifest_plain.yaml")}
+BUILT_IN_MANIFESTS = {
+    "default": DEFAULT_MANIFEST,
+    "plain": DEFAULT_MANIFEST.with_name("manifest_plain.yaml"),
+    "fitted": DEFAULT_MANIFEST.with_name("manifest_fitted.yaml"),
+}
 """Models shipped in the package, by name: the default has the refiner stage (sharper eyes, brows
 and lips); ``plain`` is the same model without it (softer faces; a recognizer matches them to the
 original person slightly less often, see PRIVACY.md)."""
@@ -101,6 +109,7 @@ class Manifest:
     codebook_neighbours: int = 1  # how many nearest codebook identities a release is mixed from
     refiner: NetworkSpec | None = None  # appearance: post-decoder texture refiner
     expression_from_frame: tuple[int, ...] | None = None  # appearance: modes taken from the frame (None: all)
+    context_path: Path | None = None  # appearance: context model fitting the release to the head (.npz)
 
 
 def _require(mapping: dict, key: str, where: str):
@@ -230,6 +239,12 @@ def _parse_manifest(raw: dict, path: Path) -> Manifest:
     if codebook is not None and not (folder / str(codebook)).is_file():
         raise ManifestError(f"model manifest: 'post_processing.codebook' not found: {folder / str(codebook)}")
     five_points = np.asarray(alignment.get("five_points", ARCFACE_FIVE_POINTS), np.float64)
+    context_raw = raw.get("context")
+    if context_raw is not None and not (isinstance(context_raw, dict) and context_raw.get("file")):
+        raise ManifestError("model manifest: 'context' must be a mapping with a 'file'")
+    context = context_raw["file"] if context_raw is not None else None
+    if context is not None and not (folder / str(context)).is_file():
+        raise ManifestError(f"model manifest: 'context.file' not found: {folder / str(context)}")
     manifest = Manifest(
         path=path,
         kind=kind,
@@ -246,8 +261,10 @@ def _parse_manifest(raw: dict, path: Path) -> Manifest:
         codebook_neighbours=_positive(post_processing.get("neighbours", 1), "post_processing.neighbours", int),
         refiner=_network(raw["refiner"], "refiner", folder) if raw.get("refiner") is not None else None,
         expression_from_frame=_mode_list(raw.get("expression_from_frame")),
+        context_path=folder / str(context) if context is not None else None,
     )
-    if manifest.refiner is not None and kind != "appearance":
-        raise ManifestError("model manifest: 'refiner' is only supported for kind 'appearance'")
+    for stage in ("refiner", "context"):
+        if raw.get(stage) is not None and kind != "appearance":
+            raise ManifestError(f"model manifest: '{stage}' is only supported for kind 'appearance'")
     (_check_appearance if kind == "appearance" else _check_face_swap)(manifest)
     return manifest

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from dpstream.face_model.appearance import AppearanceModel
+from dpstream.face_model.context import ContextModel
 from dpstream.face_model.errors import ManifestError, RenderError
 from dpstream.face_model.manifest import Manifest, load_manifest
 from dpstream.face_model.runtime import active_provider
@@ -28,6 +29,9 @@ class FaceModel:
     def __init__(self, manifest: Manifest, backend: _Backend):
         self.manifest = manifest
         self._backend = backend
+        self._context = None
+        if manifest.context_path is not None:
+            self._context = ContextModel.load(manifest.context_path, manifest.embedding_dim, backend.template.size)
         self._codebook = None
         if manifest.codebook_path is not None:
             codebook = np.load(manifest.codebook_path).astype(np.float64)
@@ -80,6 +84,19 @@ class FaceModel:
         if not np.isfinite(norm) or norm == 0:
             return np.zeros_like(released)
         return released * (self.manifest.typical_norm / norm)
+
+    def condition(self, image_rgb: np.ndarray, landmarks: np.ndarray, released: np.ndarray) -> np.ndarray:
+        """The identity to decode for a post-processed release on this face: fitted to the head
+        around it when the model has a context stage (``context.py``), else ``released`` itself.
+
+        Post-processing with channels the renderer keeps anyway; call it once per person (its
+        first rendered frame) and render that person's later frames with the result.
+        """
+        released = np.asarray(released, np.float64).reshape(-1)
+        if self._context is None:
+            return released
+        texture = self._backend.texture(image_rgb, landmarks)
+        return self._context.condition(released, texture)
 
     def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None:
         """Blend a face with ``identity`` and this frame's pose/expression into ``image_rgb`` in place.

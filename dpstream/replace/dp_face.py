@@ -1,24 +1,30 @@
 """Method ``dp``: each person's face is re-rendered from a noisy identity drawn once per person.
 
 face -> encoder (raw identity, clipped) -> privacy core (noise once per person, post-processed
-to a typical norm) -> decoder with this frame's pose/expression -> warp back and blend.
+to a typical norm) -> fitted to the head around the face (once per person, from its first
+rendered frame) -> decoder with this frame's pose/expression -> warp back and blend.
 Raw identities live only inside the identity cache, in memory; any face that cannot be
 encoded or rendered gets the fail-closed fallback.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from dpstream.config import Config
 from dpstream.face_model import FaceModel
-from dpstream.privacy import IdentityCache, PrivacyConfig, make_mechanism
+from dpstream.privacy import Identity, IdentityCache, PrivacyConfig, make_mechanism
 from dpstream.replace.fallback import apply_fallback
 from dpstream.types import Faces, ReplacedFrame, VideoFrame
 
 
 MIN_INSIDE_TO_ENCODE = 0.95
 """A new track is encoded (and its person matched or drawn) once this much of its mesh is in the frame."""
+CONDITIONED_PEOPLE_KEPT = 4096
+"""People whose head-fitted identity is kept (most recently rendered first); one forgotten and seen
+again is fitted again, from that frame."""
 
 
 class DpFaceReplacer:
@@ -38,6 +44,7 @@ class DpFaceReplacer:
         self.waiting = 0
         self.reassociation_wait = privacy.reassociation_wait
         self._new_tracks: dict[int, float] = {}  # track id -> first time seen, until it has a person
+        self._conditioned: OrderedDict[int, np.ndarray] = OrderedDict()  # person id -> identity to decode
 
     @classmethod
     def from_config(cls, config: Config) -> DpFaceReplacer:
@@ -69,7 +76,8 @@ class DpFaceReplacer:
                     self.waiting += 1
                     failed[index] = True
                     continue
-                identities[index] = self.identities.person_for_track(track_id, frame.time, embed).noisy_embedding
+                person = self.identities.person_for_track(track_id, frame.time, embed)
+                identities[index] = self._identity_to_decode(image, faces.landmarks[index], person)
             except Exception:  # fail closed
                 failed[index] = True
         for index, identity in identities.items():
@@ -84,6 +92,17 @@ class DpFaceReplacer:
         fallbacks = apply_fallback(image, faces.select(failed)) if failed.any() else 0
         self.fallbacks += fallbacks
         return ReplacedFrame(frame, faces, fallbacks)
+
+    def _identity_to_decode(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> np.ndarray:
+        """The person's release fitted to the head around it, from the first frame it is rendered in
+        (the untouched frame), then kept: the face stays the same from frame to frame."""
+        identity = self._conditioned.get(person.person_id)
+        if identity is None:
+            identity = self._conditioned[person.person_id] = self.model.condition(image, landmarks, person.noisy_embedding)
+            if len(self._conditioned) > CONDITIONED_PEOPLE_KEPT:
+                self._conditioned.popitem(last=False)
+        self._conditioned.move_to_end(person.person_id)
+        return identity
 
     def _embedding_to_use(self, image: np.ndarray, landmarks: np.ndarray, track_id: int, time: float):
         """How ``person_for_track`` gets the raw embedding of this face: a callable, or None while
@@ -127,6 +146,7 @@ class DpFaceReplacer:
 
     def close(self) -> None:
         self.identities.close()
+        self._conditioned.clear()
 
 
 def inside_fraction(landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
