@@ -218,7 +218,7 @@ class ProgressBar:
 
 def _print_summary(summary) -> None:
     lines = []
-    unit = "photos" if summary.stills else "frames"
+    unit = ("photo" if summary.stills else "frame") + ("" if summary.frames == 1 else "s")
     if summary.interrupted:
         lines.append(f"interrupted: output finalized after {summary.frames} {unit}")
     people = summary.method_figures.get("people")
@@ -227,7 +227,7 @@ def _print_summary(summary) -> None:
     small_text = f" ({small} too small for a dp face)" if small else ""
     lines.append(
         f"{summary.frames} {unit}, {summary.faces} faces{people_text}, {summary.fallbacks} fallbacks{small_text}, "
-        f"{summary.seconds:.1f} s ({summary.fps:.1f} {unit}/s), method {summary.method} -> {summary.output}"
+        f"{summary.seconds:.1f} s ({summary.fps:.1f} {unit.rstrip('s')}s/s), method {summary.method} -> {summary.output}"
     )
     if summary.ledger:
         lines.append(f"privacy ledger: {summary.ledger}")

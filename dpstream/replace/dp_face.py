@@ -57,6 +57,7 @@ class DpFaceReplacer:
         self.too_small = 0
         self.entering = 0
         self.waiting = 0
+        self.refused = 0
         self.photos = 0
         self.photos_with_faces = 0
         self.reassociation_wait = privacy.reassociation_wait
@@ -104,12 +105,14 @@ class DpFaceReplacer:
                     continue
                 identities[index] = self.identities.person_for_track(track_id, frame.time, embed).noisy_embedding
             except Exception:  # fail closed
+                self.refused += 1
                 failed[index] = True
         for index, identity in identities.items():
             try:
                 self.model.render(image, faces.landmarks[index], identity)
                 self.rendered += 1
             except Exception:  # fail closed: render raises before touching the image
+                self.refused += 1
                 failed[index] = True
         self.identities.end_frame(faces.track_ids[faces.track_ids >= 0], frame.time)
         for track_id in [t for t in self._new_tracks if t in self.identities or t not in faces.track_ids]:
@@ -157,6 +160,7 @@ class DpFaceReplacer:
             "fallbacks_too_small": self.too_small,  # of those: smaller than dp_min_face_px
             "fallbacks_entering": self.entering,  # of those: new faces still cut by the frame edge
             "fallbacks_waiting": self.waiting,  # of those: new faces held back while they may be returning people
+            "fallbacks_refused": self.refused,  # of those: the face model could not encode or render it (extreme pose, ...)
         }
         if self.stills:
             counts |= {"photos": self.photos, "photos_with_faces": self.photos_with_faces}
