@@ -105,10 +105,9 @@ def fallback_line(summary: dpstream.RunSummary) -> str:
     )
 
 
-def other_person_floor(photos: list[tuple[Path, str]], boxes, originals, attacker: Attacker) -> tuple[int, int]:
-    """(trials, dlib matches): each photo's central face re-rendered with the next other person's
-    own code (post-processed), the floor no identity-free face can go below."""
-    model, finder = FaceModel.load(None), FaceFinder()
+def central_meshes(photos: list[tuple[Path, str]]) -> list[np.ndarray | None]:
+    """The pipeline's mesh of each photo's face nearest its centre (None without one)."""
+    finder = FaceFinder()
     meshes = []
     for path, _ in photos:
         image = rgb(path)
@@ -119,6 +118,12 @@ def other_person_floor(photos: list[tuple[Path, str]], boxes, originals, attacke
             None if not len(faces) else faces.landmarks[np.argmin(np.linalg.norm(faces.landmarks.mean(1) - centre, axis=1))]
         )
     finder.close()
+    return meshes
+
+
+def other_person_floor(model: FaceModel, photos, meshes, boxes, originals, attacker: Attacker) -> tuple[int, int]:
+    """(trials, dlib matches): each photo's central face re-rendered with the next other person's
+    own code (post-processed), the floor no identity-free face can go below."""
     trials = matches = 0
     for index, (path, identity) in enumerate(photos):
         other = next(j for j in range(index + 1, index + len(photos)) if photos[j % len(photos)][1] != identity)
@@ -134,6 +139,29 @@ def other_person_floor(photos: list[tuple[Path, str]], boxes, originals, attacke
         trials += 1
         matches += np.linalg.norm(attacker.embed(image, boxes[index]) - originals[index]) < DLIB_THRESHOLD
     return trials, matches
+
+
+def linking_rows(model: FaceModel, photos, meshes) -> list[str]:
+    """What ``link_people`` can do on these photos: the share of pairs of photos of one person
+    (and of two people) whose raw embeddings reach each cosine threshold (in memory only)."""
+    units, names = [], []
+    for (path, identity), mesh in zip(photos, meshes):
+        if mesh is None:
+            continue
+        try:
+            raw = model.encode(rgb(path), mesh)
+        except RenderError:
+            continue
+        units.append(raw / np.linalg.norm(raw))
+        names.append(identity)
+    cosines, names = np.array(units) @ np.array(units).T, np.array(names)
+    upper = np.triu(np.ones_like(cosines, bool), 1)
+    same, different = upper & (names[:, None] == names[None]), upper & (names[:, None] != names[None])
+    return [
+        f"| raw-embedding cosine ≥ {t:g}{' (default reassociation_threshold)' if t == Config().reassociation_threshold else ''} "
+        f"| {(cosines[same] >= t).mean():.1%} of {same.sum()} | {(cosines[different] >= t).mean():.2%} of {different.sum()} |"
+        for t in (0.6, 0.5, 0.4, 0.3)
+    ]
 
 
 def rate(hits: int, trials: int) -> str:
@@ -166,7 +194,8 @@ def main() -> None:
         originals = [attacker.embed(rgb(p), box) for p, box in zip(paths, boxes)]
         anonymized = [attacker.embed(rgb(p), box) for p, box in zip(outputs, boxes)]
         reidentified = sum(np.linalg.norm(a - o) < DLIB_THRESHOLD for a, o in zip(anonymized, originals))
-        floor_trials, floor_matches = other_person_floor(photos, boxes, originals, attacker)
+        model, meshes = FaceModel.load(None), central_meshes(photos)
+        floor_trials, floor_matches = other_person_floor(model, photos, meshes, boxes, originals, attacker)
         names = np.array([identity for _, identity in photos])
         vectors = np.array(originals)
         distances = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
@@ -190,6 +219,12 @@ def main() -> None:
             f"| ledger worst case, each face its own | K = {worst['draws']} draws: ε = {worst['epsilon']:.4g}, δ = {worst['delta']:g} |",
             f"| `link_people` | {linked.method_figures['people']} people for {len(set(names))} real ones "
             f"({linked.faces} faces); worst case K = {worst_linked['draws']}: ε = {worst_linked['epsilon']:.4g} |",
+            "",
+            "What linking can reach on these photos (pairs of central faces):",
+            "",
+            "| rule | photos of one person linked | photos of two people merged |",
+            "|---|---|---|",
+            *linking_rows(model, photos, meshes),
             "",
         ]
         if not args.no_groups:
