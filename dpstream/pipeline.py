@@ -271,7 +271,7 @@ def _open_sink(source, output_path: Path, config: Config) -> VideoSink | ImageSi
         if output_path.is_dir():
             raise OutputError(f"{output_path}: is a folder; give a video file name such as out.mp4")
         return VideoSink(output_path, source, codec=config.codec, crf=config.crf, preset=config.preset)
-    if len(source.files) == 1 and source.path == source.files[0]:
+    if source.single:
         if output_path.is_dir():
             raise OutputError(f"{output_path}: is a folder; give an image file name such as out{source.path.suffix}")
         return ImageSink(output_path, folder=False)

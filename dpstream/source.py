@@ -143,10 +143,12 @@ class ImageSource:
 
     Each photo comes out upright (its EXIF orientation applied), as RGB, with its alpha channel,
     greyscale flag and colour profile in ``frame.still`` for the sink; the EXIF itself (camera,
-    GPS, time) is left behind.
+    GPS, time) is left behind. An unreadable photo of a set is skipped and reported; a single
+    photo is read at once, so that an unreadable one is an error before any work.
     """
 
     def __init__(self, paths: Path | list[Path]):
+        self.single = isinstance(paths, Path) and not paths.is_dir()  # one photo, written to a file
         if isinstance(paths, Path) and paths.is_dir():
             self.path = paths
             self.files = sorted(p for p in paths.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -154,15 +156,21 @@ class ImageSource:
                 raise InputError(f"{paths}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
         else:
             self.files = [paths] if isinstance(paths, Path) else list(paths)
-            self.path = self.files[0] if len(self.files) == 1 else self.files[0].parent
+            self.path = self.files[0] if self.single else self.files[0].parent
             _check_image_files(self.files)
+        self._read: dict[int, tuple[np.ndarray, StillInfo]] = {}
+        if self.single:
+            try:
+                self._read[0] = read_still(self.path)
+            except UNREADABLE as error:
+                raise InputError(f"{self.path}: not a readable image ({error})") from None
         self.report = DecodeReport([], 0, len(self.files))
 
     def frames(self) -> Iterator[VideoFrame]:
         for index, file in enumerate(self.files):
             try:
-                image, still = read_still(file)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                image, still = self._read.pop(index) if index in self._read else read_still(file)
+            except UNREADABLE as error:
                 self.report.errors.append(f"{file.name}: not a readable image ({error}), skipped")
                 continue
             self.report.frames_decoded += 1
@@ -173,6 +181,10 @@ class ImageSource:
 
     def close(self) -> None:
         pass
+
+
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
+"""What Pillow raises for a file that is not an image it can decode (truncated, unknown, huge)."""
 
 
 def read_still(path: Path) -> tuple[np.ndarray, StillInfo]:

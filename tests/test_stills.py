@@ -161,6 +161,10 @@ def test_one_image_on_the_command_line(tmp_path):
     assert (tmp_path / "out.jpg.ledger.json").exists()
     bad = run_cli("anonymize", tmp_path / "photo.jpg", "-o", tmp_path / "out.mp4")
     assert_clean_error(bad, 2, "out.mp4: the input is an image, so the output must be an image file")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:2000])
+    cut = run_cli("anonymize", tmp_path / "cut.jpg", "-o", tmp_path / "cut_out.jpg")
+    assert_clean_error(cut, 2, "cut.jpg: not a readable image")
+    assert not list(tmp_path.glob("cut_out*"))
 
 
 @pytest.mark.parametrize(
