@@ -190,9 +190,10 @@ UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
 def read_still(path: Path) -> tuple[np.ndarray, StillInfo]:
     """(H, W, 3) upright RGB pixels of an image file, and what writing it back keeps."""
     with Image.open(path) as opened:
-        icc_profile = opened.info.get("icc_profile")
         image = ImageOps.exif_transpose(opened)
         grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+        # a profile of another colour space (CMYK, Lab) does not describe the RGB written back
+        icc_profile = opened.info.get("icc_profile") if grey or image.mode in ("RGB", "RGBA", "P", "PA") else None
         alpha = np.asarray(image.convert("RGBA"))[..., 3].copy() if image.has_transparency_data else None
         return np.asarray(image.convert("RGB")).copy(), StillInfo(path.name, alpha, grey, icc_profile or None)
 

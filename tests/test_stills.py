@@ -3,6 +3,7 @@ real LFW eval photos and group photos, judged by YuNet and dlib (models the pipe
 
 import csv
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -34,9 +35,16 @@ def rgb(path) -> np.ndarray:
 
 
 def run_collecting(inputs, output, **options):
-    """The run's summary and, per photo, (faces, fallbacks) as the replacer left them."""
-    results = []
-    summary = dpstream.anonymize(inputs, output, on_frame=lambda r, s: results.append((r.faces, r.fallbacks)), **options)
+    """The run's summary and, per photo, (faces, fallbacks) as the replacer left them; no photo
+    starts a thread of its own (the stages' few threads start once per run)."""
+    results, threads = [], []
+
+    def collect(result, _):
+        results.append((result.faces, result.fallbacks))
+        threads.append(frozenset(thread.ident for thread in threading.enumerate()))
+
+    summary = dpstream.anonymize(inputs, output, on_frame=collect, **options)
+    assert len(frozenset().union(*threads)) <= 6
     return summary, results
 
 
