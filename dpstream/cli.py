@@ -27,9 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anonymize faces in video with a differential-privacy guarantee.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("anonymize", help="anonymize a video file or a folder of images")
-    run.add_argument("input", metavar="INPUT", help="video file (any format FFmpeg reads) or folder of images")
-    run.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output video file, or folder for images")
+    run = commands.add_parser("anonymize", help="anonymize a video file, or photos (image files or a folder of them)")
+    run.add_argument(
+        "input", metavar="INPUT", nargs="+",
+        help="video file (any format FFmpeg reads), or photos: a folder of images, an image file or several",
+    )
+    run.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT",
+        help="output video file; for photos an output folder (one photo: an image file)",
+    )
+    run.add_argument(
+        "--link-people", dest="link_people", action="store_true", default=None,
+        help="photos: link one person's faces across the photos (one draw per person); default: each face its own",
+    )
     run.add_argument("--config", metavar="FILE", help="YAML config (keys as in configs/default.yaml)")
     _add_method_options(run)
     run.add_argument("--ledger", metavar="FILE", help="where to write the privacy ledger (default: OUTPUT.ledger.json)")
@@ -102,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
 def _anonymize(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
-        for key in ("method", "epsilon", "delta", "model", "ledger", "codec", "crf", "preset")
+        for key in ("method", "epsilon", "delta", "model", "ledger", "codec", "crf", "preset", "link_people")
         if getattr(args, key) is not None
     }
     config = load_config(args.config, **overrides)
     from dpstream.pipeline import anonymize  # loads MediaPipe: after the config is known to be good
-    progress = ProgressBar(Path(args.input).name, enabled=not args.quiet)
+    inputs = args.input[0] if len(args.input) == 1 else args.input
+    progress = ProgressBar(Path(args.input[0]).name, enabled=not args.quiet)
     try:
-        summary = anonymize(args.input, args.output, config=config, overwrite=args.overwrite, on_frame=progress.update)
+        summary = anonymize(inputs, args.output, config=config, overwrite=args.overwrite, on_frame=progress.update)
     finally:
         progress.close()
     _print_summary(summary)
@@ -199,7 +210,8 @@ class ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=summary.expected_frames, unit="frame", desc=self.label, file=sys.stderr, dynamic_ncols=True)
+            unit = "photo" if summary.stills else "frame"
+            self.bar = tqdm(total=summary.expected_frames, unit=unit, desc=self.label, file=sys.stderr, dynamic_ncols=True)
         self.bar.update()
 
     def close(self) -> None:
@@ -209,13 +221,16 @@ class ProgressBar:
 
 def _print_summary(summary) -> None:
     lines = []
+    unit = ("photo" if summary.stills else "frame") + ("" if summary.frames == 1 else "s")
     if summary.interrupted:
-        lines.append(f"interrupted: output finalized after {summary.frames} frames")
+        lines.append(f"interrupted: output finalized after {summary.frames} {unit}")
     people = summary.method_figures.get("people")
     people_text = f", {people} {'person' if people == 1 else 'people'}" if people is not None else ""
+    small = summary.method_figures.get("fallbacks_too_small")
+    small_text = f" ({small} too small for a dp face)" if small else ""
     lines.append(
-        f"{summary.frames} frames, {summary.faces} faces{people_text}, {summary.fallbacks} fallbacks, "
-        f"{summary.seconds:.1f} s ({summary.fps:.1f} frames/s), method {summary.method} -> {summary.output}"
+        f"{summary.frames} {unit}, {summary.faces} faces{people_text}, {summary.fallbacks} fallbacks{small_text}, "
+        f"{summary.seconds:.1f} s ({summary.fps:.1f} {unit.rstrip('s')}s/s), method {summary.method} -> {summary.output}"
     )
     if summary.ledger:
         lines.append(f"privacy ledger: {summary.ledger}")
@@ -223,9 +238,9 @@ def _print_summary(summary) -> None:
         lines.append(f"warning: {summary.input}: {error}")
     if summary.input_errors:
         lines.append(
-            f"warning: {summary.input}: decoded {summary.frames} frames"
+            f"warning: {summary.input}: decoded {summary.frames} {unit}"
             + (f" of about {summary.expected_frames}" if summary.expected_frames else "")
-            + "; the rest of the input was lost"
+            + ("; the unreadable ones were skipped" if summary.stills else "; the rest of the input was lost")
         )
     for line in lines:
         print(f"dpstream: {line}", file=sys.stderr)

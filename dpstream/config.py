@@ -35,6 +35,7 @@ class Config:
     reassociation_ttl: float = 60.0
     reassociation_wait: float = 1.0
     max_people: int = 256
+    link_people: bool = False
     model: str | None = None
     dp_min_face_px: float = 100.0
     ledger: str | None = None
@@ -74,6 +75,8 @@ class Config:
         _check_number("min_face_score", self.min_face_score, low=0.0, high=1.0)
         _check_number("face_margin", self.face_margin, low=0.0, high=2.0)
         _check_number("dp_min_face_px", self.dp_min_face_px, low=0.0)
+        if not isinstance(self.link_people, bool):
+            raise ConfigError(f"link_people: must be true or false, got {self.link_people!r}")
         if not isinstance(self.detect_tiles, tuple) or not all(
             isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 8 for n in self.detect_tiles
         ):

@@ -39,6 +39,9 @@ class Detections:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def select(self, keep: list[int]) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.angles[keep])
+
 
 class FaceFinder:
     """Finds every face of a frame: boxes and scores, and 468 landmarks where the mesh fits.
@@ -64,12 +67,22 @@ class FaceFinder:
             self.mesh = FaceMesh()  # LiteRT logs its CPU delegate when it sets up
 
     def find(self, frame: VideoFrame) -> Faces:
-        """Every face of the frame, with detection boxes and fitted meshes."""
-        found = self.detect(frame.image)
+        """Every face of the frame, with fitted meshes (see ``meshed``)."""
+        return self.meshed(frame.image, self.detect(frame.image))
+
+    def meshed(self, image: np.ndarray, found: Detections) -> Faces:
+        """The detected faces with meshes; a face's box is its mesh's box. A mesh that landed on
+        another face in the crop is dropped (NaN: the detection box is covered, fail closed)."""
         if not len(found):
             return Faces.empty()
-        landmarks = np.stack([self.mesh.fit_box(frame.image, box, angle) for box, angle in zip(found.boxes, found.angles)])
-        return Faces(found.boxes, found.scores, landmarks)
+        boxes = found.boxes.copy()
+        landmarks = np.stack([self.mesh.fit_box(image, box, angle) for box, angle in zip(boxes, found.angles)])
+        for index, box in enumerate(boxes):
+            if not np.isnan(landmarks[index]).any() and not same_face(mesh_boxes(landmarks[index][None])[0], box):
+                landmarks[index] = np.nan
+        has_mesh = ~np.isnan(landmarks).any(axis=(1, 2))
+        boxes[has_mesh] = mesh_boxes(landmarks[has_mesh])
+        return Faces(boxes, found.scores, landmarks)
 
     def detect(self, image: np.ndarray) -> Detections:
         """Every face found in the image."""
@@ -170,6 +183,16 @@ def merge_duplicates(boxes: np.ndarray, scores: np.ndarray) -> tuple[list[int], 
             kept.append(int(index))
             groups.append([int(index)])
     return kept, groups
+
+
+def mesh_boxes(landmarks: np.ndarray) -> np.ndarray:
+    """(N, 4) bounding boxes of (N, 468, 2) meshes."""
+    return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1).astype(np.float32)
+
+
+def same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    """The intersection of boxes ``a`` and ``b`` covers ``DUPLICATE_OVERLAP`` of the smaller one."""
+    return bool(overlap_of_smaller(a[None], b[None])[0, 0] >= DUPLICATE_OVERLAP)
 
 
 def _square_crop(image: np.ndarray, box: np.ndarray, scale: float) -> tuple[np.ndarray, int, int]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from dpstream.face_finder import DUPLICATE_OVERLAP, FaceFinder
+from dpstream.face_finder import FaceFinder, mesh_boxes, same_face
 from dpstream.face_mesh import ROI_SCALE, WIDE_ROI_SCALE, eye_line_angle
-from dpstream.tracker import Tracker, box_areas, box_iou, overlap_of_smaller
+from dpstream.tracker import Tracker, box_areas, box_iou
 from dpstream.types import Faces, VideoFrame
 
 REFIT_MIN_OVERLAP = 0.3
@@ -81,7 +81,7 @@ class FaceTracking:
         # two tracks whose meshes landed on the same face: the better-placed one keeps it
         for a in range(len(keep)):
             for b in range(a + 1, len(keep)):
-                if valid[a] and valid[b] and _same_face(boxes[a], boxes[b]):
+                if valid[a] and valid[b] and same_face(boxes[a], boxes[b]):
                     valid[b if overlap[a] >= overlap[b] else a] = False
         return Faces(boxes[valid], predicted.scores[keep][valid], landmarks[valid], predicted.track_ids[keep][valid])
 
@@ -109,17 +109,8 @@ class FaceTracking:
     def _new_faces(self, image: np.ndarray, known: Faces) -> Faces:
         """Detected faces that are not one of ``known``, with meshes (boxes from the mesh)."""
         found = self.finder.detect(image)
-        new = [i for i in range(len(found)) if not any(_same_face(found.boxes[i], box) for box in known.boxes)]
-        if not new:
-            return Faces.empty()
-        boxes, scores, angles = found.boxes[new], found.scores[new], found.angles[new]
-        landmarks = np.stack([self.finder.mesh.fit_box(image, box, angle) for box, angle in zip(boxes, angles)])
-        for index, box in enumerate(boxes):
-            if not np.isnan(landmarks[index]).any() and not _same_face(mesh_boxes(landmarks[index][None])[0], box):
-                landmarks[index] = np.nan  # the mesh fitted another face in the crop: cover the box
-        meshed = ~np.isnan(landmarks).any(axis=(1, 2))
-        boxes[meshed] = mesh_boxes(landmarks[meshed])
-        return Faces(boxes, scores, landmarks)
+        new = [i for i in range(len(found)) if not any(same_face(found.boxes[i], box) for box in known.boxes)]
+        return self.finder.meshed(image, found.select(new))
 
     def _is_scene_cut(self, image: np.ndarray) -> bool:
         step = max(1, min(image.shape[0] // 72, image.shape[1] // 128))  # a cheap pre-shrink
@@ -128,16 +119,6 @@ class FaceTracking:
         return previous is not None and float(np.abs(self._previous_thumbnail - previous).mean()) > SCENE_CUT_DIFFERENCE
 
 
-def mesh_boxes(landmarks: np.ndarray) -> np.ndarray:
-    """(N, 4) bounding boxes of (N, 468, 2) meshes."""
-    return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1).astype(np.float32)
-
-
 def _scaled(box: np.ndarray, factor: float) -> np.ndarray:
     center, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * factor
     return np.concatenate([center - half, center + half])
-
-
-def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
-    """The intersection covers ``DUPLICATE_OVERLAP`` of the smaller box."""
-    return bool(overlap_of_smaller(a[None], b[None])[0, 0] >= DUPLICATE_OVERLAP)

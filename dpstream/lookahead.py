@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from dpstream.face_finder import mesh_boxes
 from dpstream.face_mesh import eye_line_angle
-from dpstream.face_tracking import FaceTracking, mesh_boxes
+from dpstream.face_tracking import FaceTracking
 from dpstream.tracker import box_iou
 from dpstream.types import Faces, TrackedFrame, VideoFrame
 

@@ -1,4 +1,7 @@
-"""Assembles the stages: source → face finding and tracking (→ look-ahead) → replacer → sink."""
+"""Assembles the stages: source → face finding and tracking (→ look-ahead) → replacer → sink.
+
+Stills (photos) skip tracking: source → face finding per photo → replacer → sink.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from dpstream.face_tracking import FaceTracking
 from dpstream.lookahead import LookAhead
 from dpstream.privacy import default_ledger_path, write_ledger
 from dpstream.replace import make_replacer
-from dpstream.sink import ImageFolderSink, VideoSink
-from dpstream.source import ImageFolderSource, VideoSource, open_source
+from dpstream.sink import ImageSink, VideoSink
+from dpstream.source import ImageSource, VideoSource, open_source
+from dpstream.still_faces import StillFaces
 from dpstream.tracker import Tracker
 from dpstream.types import Faces, ReplacedFrame, TrackedFrame, VideoFrame
 
@@ -36,10 +40,10 @@ class Anonymizer:
     ``process`` handles one frame at once (live streams: full detection on every frame);
     ``tracked``/``stream`` delay frames by the look-ahead buffer, so that later frames can fill
     gaps in earlier ones and detection can run every ``detect_every`` frames only (files).
-    ``independent_frames`` (a folder of unrelated images) resets tracking for each frame.
+    ``stills`` (unrelated photos): each frame is searched on its own, nothing is tracked.
     """
 
-    def __init__(self, config: Config, independent_frames: bool = False):
+    def __init__(self, config: Config, stills: bool = False):
         # BLAS worker threads spin between calls on the cores the stages need; dpstream's
         # matrices are small. One BLAS thread for the process from here on.
         threadpool_limits(limits=1, user_api="blas")
@@ -47,8 +51,8 @@ class Anonymizer:
         self.finder = FaceFinder(min_score=config.min_face_score, tile_levels=config.detect_tiles)
         # detection on every frame unless the look-ahead of ``tracked`` covers faces found late
         self.tracking = FaceTracking(self.finder, Tracker(hold_seconds=config.hold_seconds), detect_every=1)
-        self.replacer = make_replacer(config)
-        self.independent_frames = independent_frames
+        self.stills = StillFaces(self.finder) if stills else None
+        self.replacer = make_replacer(config, stills=stills)
 
     def process(self, frame: VideoFrame) -> ReplacedFrame:
         return self.replacer.replace(frame, self._faces_now(frame))
@@ -56,7 +60,7 @@ class Anonymizer:
     def tracked(self, frames: Iterable[VideoFrame]) -> Iterator[TrackedFrame]:
         """``frames`` in order with their faces, each once ``lookahead_frames`` later frames have
         been tracked (all remaining ones at the end)."""
-        if self.independent_frames or self.config.lookahead_frames == 0:
+        if self.stills is not None or self.config.lookahead_frames == 0:
             yield from (TrackedFrame(frame, self._faces_now(frame)) for frame in frames)
             return
         self.tracking.detect_every = self.config.detect_every
@@ -88,18 +92,19 @@ class Anonymizer:
 
     def _faces_now(self, frame: VideoFrame) -> Faces:
         """The frame's faces without look-ahead."""
-        if self.independent_frames:
-            self.tracking.reset()
+        if self.stills is not None:
+            return self.stills.process(frame)
         return self.tracking.process(frame)
 
 
 @dataclass(slots=True)
 class RunSummary:
-    """What a run did, for the CLI's closing lines and for callers."""
+    """What a run did, for the CLI's closing lines and for callers (``stills``: frames are photos)."""
 
     input: str
     output: str
     method: str
+    stills: bool = False
     frames: int = 0
     faces: int = 0
     fallbacks: int = 0
@@ -116,7 +121,7 @@ class RunSummary:
 
 
 def anonymize(
-    input: str | Path,
+    input: str | Path | list[str | Path],
     output: str | Path,
     *,
     config: str | Path | Config | None = None,
@@ -124,23 +129,32 @@ def anonymize(
     on_frame: Callable[[ReplacedFrame, RunSummary], None] | None = None,
     **options,
 ) -> RunSummary:
-    """Anonymize a video file (or a folder of images) into ``output``.
+    """Anonymize a video file into a video ``output``, or stills (a folder of images, an image
+    file or a list of them) into an output folder (one image: an image file).
 
+    Stills are photos, not frames: each is searched on its own and every face found is
+    replaced; with ``link_people`` one person's faces share one draw across the photos.
     ``options`` are config keys (see configs/default.yaml) that override ``config``.
     ``on_frame(result, summary)`` is called after each frame (e.g. for a progress bar).
     Ctrl-C stops early and still finalizes a playable output (``summary.interrupted``).
     """
     run_config = _resolve_config(config, options)
-    input_path, output_path = Path(input), Path(output)
-    source = open_source(input_path)
+    output_path = Path(output)
+    source = open_source(input)
+    stills = isinstance(source, ImageSource)
+    input_path = source.path
     try:
         _check_output(input_path, output_path, overwrite)
+        if stills and any(output_path.resolve() == file.resolve().parent for file in source.files):
+            raise OutputError(f"{output_path}: output would overwrite the input")
     except OutputError:
         source.close()
         raise
-    summary = RunSummary(str(input_path), str(output_path), run_config.method, expected_frames=source.report.expected_frames)
+    summary = RunSummary(
+        str(input_path), str(output_path), run_config.method, stills=stills, expected_frames=source.report.expected_frames
+    )
     try:
-        anonymizer = Anonymizer(run_config, independent_frames=isinstance(source, ImageFolderSource))
+        anonymizer = Anonymizer(run_config, stills=stills)
         try:
             sink = _open_sink(source, output_path, run_config)
         except OutputError:
@@ -206,7 +220,7 @@ def anonymize_frames(
 def _own_copies(frames: Iterable[np.ndarray | VideoFrame], time_base: Fraction) -> Iterator[VideoFrame]:
     for index, item in enumerate(frames):
         frame = item if isinstance(item, VideoFrame) else VideoFrame(item, index, index, time_base)
-        yield VideoFrame(np.array(frame.image, dtype=np.uint8, copy=True), frame.index, frame.pts, frame.time_base, frame.name)
+        yield VideoFrame(np.array(frame.image, dtype=np.uint8, copy=True), frame.index, frame.pts, frame.time_base, frame.still)
 
 
 Item = TypeVar("Item")
@@ -252,11 +266,15 @@ def _check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise OutputError(f"{output_path}: folder {output_path.parent} does not exist")
 
 
-def _open_sink(source, output_path: Path, config: Config) -> VideoSink | ImageFolderSink:
+def _open_sink(source, output_path: Path, config: Config) -> VideoSink | ImageSink:
     if isinstance(source, VideoSource):
         if output_path.is_dir():
             raise OutputError(f"{output_path}: is a folder; give a video file name such as out.mp4")
         return VideoSink(output_path, source, codec=config.codec, crf=config.crf, preset=config.preset)
+    if source.single:
+        if output_path.is_dir():
+            raise OutputError(f"{output_path}: is a folder; give an image file name such as out{source.path.suffix}")
+        return ImageSink(output_path, folder=False)
     if output_path.exists() and not output_path.is_dir():
-        raise OutputError(f"{output_path}: the input is a folder of images, so the output must be a folder")
-    return ImageFolderSink(output_path)
+        raise OutputError(f"{output_path}: the input is a set of images, so the output must be a folder")
+    return ImageSink(output_path, folder=True)

@@ -1,4 +1,4 @@
-"""Frame sinks: a video file written with PyAV (audio copied as-is), or a folder of images."""
+"""Frame sinks: a video file written with PyAV (audio copied as-is), or stills (image files)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from PIL import Image
 
 from dpstream.errors import OutputError
-from dpstream.source import VideoInfo, VideoSource, coded
+from dpstream.source import IMAGE_SUFFIXES, VideoInfo, VideoSource, coded
 from dpstream.types import VideoFrame
 
 X264_LIKE = ("libx264", "libx265", "h264", "hevc")
@@ -108,26 +109,60 @@ class VideoSink:
         self.path.unlink(missing_ok=True)
 
 
-class ImageFolderSink:
-    """Writes each frame as an image with its source file's name."""
+class ImageSink:
+    """Writes stills: into a folder under their own file names, or one photo to a file.
 
-    def __init__(self, path: str | Path):
+    The format follows the file name (a folder keeps the input's), alpha, greyscale and the
+    colour profile are kept; EXIF (camera, GPS, time), XMP and comments are never written.
+    """
+
+    def __init__(self, path: str | Path, folder: bool):
         self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"{self.path}: cannot create output folder ({error.strerror})") from None
+        self.folder = folder
+        if folder:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputError(f"{self.path}: cannot create output folder ({error.strerror})") from None
+        else:
+            image_format(self.path)  # a bad file name fails before any work
 
     def write(self, frame: VideoFrame) -> None:
-        target = self.path / (frame.name or f"{frame.index:06d}.png")
-        if not cv2.imwrite(str(target), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)):
-            raise OutputError(f"{target}: cannot write image")
+        still = frame.still
+        target = self.path / still.name if self.folder else self.path
+        kind = image_format(target)
+        image = Image.fromarray(frame.image, "RGB")
+        alpha = still.alpha is not None and kind in WITH_ALPHA
+        if alpha:
+            image.putalpha(Image.fromarray(still.alpha, "L"))
+        if still.grey:
+            image = image.convert("LA" if alpha else "L")
+        options = dict(SAVE_OPTIONS.get(kind, {}))
+        if still.icc_profile and kind in WITH_ICC:
+            options["icc_profile"] = still.icc_profile
+        try:
+            image.save(target, format=kind, **options)
+        except (OSError, ValueError) as error:
+            raise OutputError(f"{target}: cannot write image ({error})") from None
 
     def write_audio(self, packets: list[av.Packet]) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "TIFF": {"compression": "tiff_lzw"}}
+WITH_ALPHA = ("PNG", "WEBP", "TIFF")
+WITH_ICC = ("JPEG", "PNG", "WEBP", "TIFF")
+
+
+def image_format(path: Path) -> str:
+    """The image format (Pillow's name) of a file name, from its suffix."""
+    kind = Image.registered_extensions().get(path.suffix.lower())
+    if path.suffix.lower() not in IMAGE_SUFFIXES or kind is None:
+        raise OutputError(f"{path}: the input is an image, so the output must be an image file ({', '.join(IMAGE_SUFFIXES)})")
+    return kind
 
 
 def encoder_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:

@@ -1,4 +1,4 @@
-"""Frame sources: a video file (anything FFmpeg reads) or a folder of images."""
+"""Frame sources: a video file (anything FFmpeg reads), or stills (image files, or a folder of them)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
+from PIL import Image, ImageOps
 
 from dpstream.errors import InputError
-from dpstream.types import VideoFrame
+from dpstream.types import StillInfo, VideoFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -138,26 +138,43 @@ def open_video_container(path: Path) -> av.container.InputContainer:
     return container
 
 
-class ImageFolderSource:
-    """Yields the images of a folder (sorted by name) as frames named after their files."""
+class ImageSource:
+    """Stills: image files (a folder's, sorted by name, or the ones given), each read on its own.
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.files = sorted(
-            p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not self.files:
-            raise InputError(f"{self.path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+    Each photo comes out upright (its EXIF orientation applied), as RGB, with its alpha channel,
+    greyscale flag and colour profile in ``frame.still`` for the sink; the EXIF itself (camera,
+    GPS, time) is left behind. An unreadable photo of a set is skipped and reported; a single
+    photo is read at once, so that an unreadable one is an error before any work.
+    """
+
+    def __init__(self, paths: Path | list[Path]):
+        self.single = isinstance(paths, Path) and not paths.is_dir()  # one photo, written to a file
+        if isinstance(paths, Path) and paths.is_dir():
+            self.path = paths
+            self.files = sorted(p for p in paths.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.files:
+                raise InputError(f"{paths}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        else:
+            self.files = [paths] if isinstance(paths, Path) else list(paths)
+            self.path = self.files[0] if self.single else self.files[0].parent
+            _check_image_files(self.files)
+        self._read: dict[int, tuple[np.ndarray, StillInfo]] = {}
+        if self.single:
+            try:
+                self._read[0] = read_still(self.path)
+            except UNREADABLE as error:
+                raise InputError(f"{self.path}: not a readable image ({error})") from None
         self.report = DecodeReport([], 0, len(self.files))
 
     def frames(self) -> Iterator[VideoFrame]:
         for index, file in enumerate(self.files):
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-            if image is None:
-                self.report.errors.append(f"{file.name}: not a readable image, skipped")
+            try:
+                image, still = self._read.pop(index) if index in self._read else read_still(file)
+            except UNREADABLE as error:
+                self.report.errors.append(f"{file.name}: not a readable image ({error}), skipped")
                 continue
             self.report.frames_decoded += 1
-            yield VideoFrame(image=cv2.cvtColor(image, cv2.COLOR_BGR2RGB), index=index, name=file.name)
+            yield VideoFrame(image=image, index=index, still=still)
 
     def drain_audio(self) -> list[av.Packet]:
         return []
@@ -166,10 +183,51 @@ class ImageFolderSource:
         pass
 
 
-def open_source(path: str | Path) -> VideoSource | ImageFolderSource:
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
+"""What Pillow raises for a file that is not an image it can decode (truncated, unknown, huge)."""
+
+
+def read_still(path: Path) -> tuple[np.ndarray, StillInfo]:
+    """(H, W, 3) upright RGB pixels of an image file, and what writing it back keeps."""
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+        # a profile of another colour space (CMYK, Lab) does not describe the RGB written back
+        icc_profile = opened.info.get("icc_profile") if grey or image.mode in ("RGB", "RGBA", "P", "PA") else None
+        alpha = np.asarray(image.convert("RGBA"))[..., 3].copy() if image.has_transparency_data else None
+        return np.asarray(image.convert("RGB")).copy(), StillInfo(path.name, alpha, grey, icc_profile or None)
+
+
+def _check_image_files(files: list[Path]) -> None:
+    """Given files must exist and be images; in one output folder their names must differ."""
+    seen: dict[str, Path] = {}
+    for file in files:
+        if not file.is_file():
+            raise InputError(f"{file}: no such file" if not file.exists() else f"{file}: is a folder; give image files or one folder")
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{file}: not an image file name ({', '.join(IMAGE_SUFFIXES)}); a video is anonymized on its own")
+        if file.name in seen:
+            raise InputError(f"{file}: same file name as {seen[file.name]}; the output folder would hold only one")
+        seen[file.name] = file
+
+
+def is_image_input(path: str | Path | list) -> bool:
+    """A folder, an image file name, or a list of paths: the input is a set of stills."""
+    if isinstance(path, (list, tuple)):
+        return True
     path = Path(path)
-    if path.is_dir():
-        return ImageFolderSource(path)
+    return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_source(path: str | Path | list) -> VideoSource | ImageSource:
+    """A video file, or stills: a folder of images, one image file or a list of image files."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise InputError("no input files given")
+        return ImageSource([Path(p) for p in path])
+    path = Path(path)
+    if is_image_input(path):
+        return ImageSource(path)
     return VideoSource(path)
 
 

@@ -11,6 +11,16 @@ NUM_LANDMARKS = 468
 """Points per face in MediaPipe's face mesh."""
 
 
+@dataclass(frozen=True, slots=True)
+class StillInfo:
+    """What writing a photo back needs beside its upright RGB pixels (never its EXIF or GPS)."""
+
+    name: str  # file name
+    alpha: np.ndarray | None = None  # (H, W) uint8, upright like the image
+    grey: bool = False  # a greyscale photo is written back in greyscale
+    icc_profile: bytes | None = None  # colour profile, kept so colours look the same
+
+
 @dataclass(slots=True)
 class VideoFrame:
     """One decoded frame: an RGB image and where it sits in time.
@@ -23,7 +33,7 @@ class VideoFrame:
     index: int
     pts: int | None = None
     time_base: Fraction | None = None
-    name: str | None = None  # file name when the source is a folder of images
+    still: StillInfo | None = None  # set when the source is a set of photos (stills)
 
     @property
     def time(self) -> float:

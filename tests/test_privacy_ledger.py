@@ -1,4 +1,4 @@
-"""Ledger: worst-case draws by weighted interval scheduling, JSON output, default path."""
+"""Ledger: worst-case draws by weighted interval scheduling (stills: per photo), JSON output, default path."""
 
 import itertools
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from dpstream.privacy import Ledger, PersonRecord, default_ledger_path
 from dpstream.privacy.analytic import gaussian_epsilon
-from dpstream.privacy.ledger import max_disjoint_draws
+from dpstream.privacy.ledger import max_disjoint_draws, max_photo_draws
 
 
 def rec(pid, first, last, draws=1):
@@ -65,6 +65,19 @@ def test_gaussian_worst_case_uses_exact_composition():
     worst = ledger.to_dict()["worst_case"]
     assert worst["epsilon"] == pytest.approx(gaussian_epsilon(1e-5, 2.0 / 7.5 * math.sqrt(2)))
     assert worst["epsilon"] < worst["epsilon_basic"] == 2.0 and worst["delta_basic"] == 2e-5
+
+
+def test_stills_worst_case_counts_photos_with_a_draw():
+    # photo 0: three faces, photo 1: one, photo 2: a person linked from photo 0 (no draw there)
+    people = (rec(0, 0, 0), rec(1, 0, 0), rec(2, 0, 2), rec(3, 1, 1))
+    assert max_photo_draws(people) == ([0, 3], 2)
+    assert max_photo_draws([]) == ([], 0)
+    unlinked = Ledger({**MECH, "mechanism": "laplace", "delta": 0.0}, people, stills=True, linked=False).to_dict()
+    assert (unlinked["input"], unlinked["linked"]) == ("stills", False)
+    assert unlinked["worst_case"]["draws"] == 2 and unlinked["worst_case"]["epsilon"] == 2.0
+    assert "every face its own record" in unlinked["worst_case"]["argument"]
+    video = Ledger({**MECH, "mechanism": "laplace", "delta": 0.0}, people).to_dict()
+    assert "input" not in video and video["worst_case"]["draws"] == 3  # touching instants: conservative
 
 
 def test_write_and_default_path(tmp_path):

@@ -3,6 +3,8 @@
 Raw embeddings live in memory only, as long as a person can still be re-associated (while
 one of its tracks is active, then ``reassociation_ttl`` seconds), for at most ``max_people``
 people; then they are overwritten with zeros and dropped. Nothing raw is logged or stored.
+Without linking (``link=False``: unrelated stills) every track is its own person and no raw
+embedding is kept at all.
 """
 
 from __future__ import annotations
@@ -41,17 +43,27 @@ class _Person:
 
 
 class IdentityCache:
-    """Maps tracks to people and people to one noisy embedding each (see module docstring)."""
+    """Maps tracks to people and people to one noisy embedding each (see module docstring).
+
+    ``link=False``: no re-association, every new track draws. ``ttl``: seconds a person stays
+    re-associable (default ``config.reassociation_ttl``; ``math.inf``: the whole run, still
+    bounded by ``max_people``).
+    """
 
     def __init__(
         self,
         mechanism: Mechanism,
         config: PrivacyConfig,
         post_process: Callable[[np.ndarray], np.ndarray] | None = None,
+        *,
+        link: bool = True,
+        ttl: float | None = None,
     ):
         self._mechanism = mechanism
         self._config = config
         self._post_process = post_process
+        self._link = link
+        self._ttl = config.reassociation_ttl if ttl is None else ttl
         self._people: dict[int, _Person] = {}  # people still in memory
         self._records: list[PersonRecord] = []  # every person of the run, for the ledger
         self._tracks: dict[int, int] = {}  # active track id -> person id
@@ -97,9 +109,8 @@ class IdentityCache:
         active = set(active_track_ids)
         for track_id in [t for t in self._tracks if t not in active]:
             self._people[self._tracks.pop(track_id)].active.discard(track_id)
-        ttl = self._config.reassociation_ttl
         for person in list(self._people.values()):
-            expired = not person.refs or time - person.record.last_time > ttl
+            expired = not person.refs or time - person.record.last_time > self._ttl
             if not person.active and expired:
                 self._forget(person)
         holders = [p for p in self._people.values() if p.refs]
@@ -121,12 +132,12 @@ class IdentityCache:
     def _new_track(self, track_id: int, time: float, raw: np.ndarray) -> _Person:
         length = float(np.linalg.norm(raw))
         unit = raw / length if length > 0 else None
-        person = self._match(unit, time) if unit is not None else None
+        person = self._match(unit, time) if unit is not None and self._link else None
         if person is None:
             person = self._draw(raw, time)
         person.record.tracks += 1
         person.active.add(track_id)
-        if unit is not None:
+        if unit is not None and self._link:
             person.refs.append(unit)
             if len(person.refs) > _REFS_PER_PERSON:
                 person.refs.pop(0).fill(0.0)

@@ -27,6 +27,16 @@ WORST_CASE_ARGUMENT = (
     "embeddings without noise; that linkage is not covered by ε (see PRIVACY.md)."
 )
 
+STILLS_WORST_CASE_ARGUMENT = (
+    "The input was a set of stills; a photo's faces are one instant ({linking}). Each person record made "
+    "{draws_per_record} noisy draw(s) of its identity embedding, in the photo where it first appeared. "
+    "Assuming a real face appears at most once per photo (no mirrors, screens or photos of photos, no duplicate "
+    "detections), one real person's records never share a photo, so they started in different photos: the most "
+    "draws any real person can have received is at most the number of photos in which a draw was made, K = {k} "
+    "(one record per photo, person ids listed; exact without linking, where it is the worst case of one person "
+    "appearing in each of those photos). By composition their identity is protected at {composition}."
+)
+
 
 @dataclass(slots=True)
 class PersonRecord:
@@ -42,18 +52,25 @@ class PersonRecord:
 
 @dataclass(frozen=True)
 class Ledger:
-    """The per-run ledger; ``mechanism`` is ``Mechanism.describe()``-like: parameters only."""
+    """The per-run ledger; ``mechanism`` is ``Mechanism.describe()``-like: parameters only.
+
+    ``stills``: the run was a set of photos (times are photo indices): the worst case counts
+    photos (``max_photo_draws``), and ``linked`` says whether faces were linked across them.
+    """
 
     mechanism: dict
     people: tuple[PersonRecord, ...]
+    stills: bool = False
+    linked: bool = True
 
     def to_dict(self) -> dict:
         eps, delta = self.mechanism["epsilon"], self.mechanism["delta"]
         people = [{**asdict(p), "epsilon_naive": p.draws * eps} for p in self.people]
-        chain, k = max_disjoint_draws(self.people)
+        chain, k = max_photo_draws(self.people) if self.stills else max_disjoint_draws(self.people)
         return {
             "ledger_version": LEDGER_VERSION,
             **self.mechanism,
+            **({"input": "stills", "linked": self.linked} if self.stills else {}),
             "people": people,
             "totals": {
                 "people": len(self.people),
@@ -82,10 +99,14 @@ class Ledger:
                 f"(ε, δ) = ({tight:.4g}, {delta:g}) by the exact composition of Gaussian releases "
                 f"(μ·√K with μ = Δ/σ), at most (K·ε, K·δ) = ({k * eps:g}, {k * delta:g}) by basic composition"
             )
-        per_record = sorted({p.draws for p in self.people}) or [0]
-        result["argument"] = WORST_CASE_ARGUMENT.format(
-            draws_per_record="/".join(map(str, per_record)), k=k, composition=composition
-        )
+        per_record = "/".join(map(str, sorted({p.draws for p in self.people}) or [0]))
+        if self.stills:
+            linking = "faces linked across photos by re-association" if self.linked else "every face its own record"
+            result["argument"] = STILLS_WORST_CASE_ARGUMENT.format(
+                linking=linking, draws_per_record=per_record, k=k, composition=composition
+            )
+        else:
+            result["argument"] = WORST_CASE_ARGUMENT.format(draws_per_record=per_record, k=k, composition=composition)
         return result
 
 
@@ -113,6 +134,17 @@ def max_disjoint_draws(people: tuple[PersonRecord, ...] | list[PersonRecord]) ->
         else:
             i -= 1
     return sorted(chain), best[-1]
+
+
+def max_photo_draws(people: tuple[PersonRecord, ...] | list[PersonRecord]) -> tuple[list[int], int]:
+    """Stills: per photo in which a draw was made, the person id of its record with the most draws
+    starting there, and the total of their draws. Times are photo indices; a record draws in the
+    photo it starts in, and one real person's records start in different photos."""
+    best: dict[float, PersonRecord] = {}
+    for p in sorted(people, key=lambda p: p.person_id):
+        if p.draws and (p.first_time not in best or p.draws > best[p.first_time].draws):
+            best[p.first_time] = p
+    return sorted(p.person_id for p in best.values()), sum(p.draws for p in best.values())
 
 
 def write_ledger(ledger: dict, path: str | Path) -> Path:

@@ -7,8 +7,9 @@ from dpstream.replace.base import Replacer
 from dpstream.replace.region_methods import Blur, DpPix, Mosaic, Solid
 
 
-def make_replacer(config: Config) -> Replacer:
-    """The replacer named by ``config.method``, set up from the config."""
+def make_replacer(config: Config, stills: bool = False) -> Replacer:
+    """The replacer named by ``config.method``, set up from the config (``stills``: the frames
+    are unrelated photos)."""
     if config.method == "blur":
         return Blur(config.face_margin)
     if config.method == "mosaic":
@@ -19,7 +20,7 @@ def make_replacer(config: Config) -> Replacer:
         return DpPix(config.face_margin, config.dppix_cell, config.dppix_m, config.epsilon)
     from dpstream.replace.dp_face import DpFaceReplacer
 
-    return DpFaceReplacer.from_config(config)
+    return DpFaceReplacer.from_config(config, stills=stills)
 
 
 __all__ = ["Replacer", "make_replacer"]

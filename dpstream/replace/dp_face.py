@@ -1,14 +1,20 @@
 """Method ``dp``: each person's face is re-rendered from a noisy identity drawn once per person.
 
 face -> encoder (raw identity, clipped) -> privacy core (noise once per person, post-processed
-to a typical norm) -> fitted to the head around the face (once per person, from its first
-rendered frame) -> decoder with this frame's pose/expression -> warp back and blend.
+to a typical norm) -> with a context stage (model ``fitted``), fitted to the head around the
+face (once per person, from its first rendered frame) -> decoder with this frame's pose/expression -> warp back and blend.
 Raw identities live only inside the identity cache, in memory; any face that cannot be
 encoded or rendered gets the fail-closed fallback.
+
+Stills (unrelated photos, each face its own track at the photo's instant): no face waits or is
+held back, each face draws its own identity unless ``link_people`` links faces of one person
+across the photos by re-association (one draw per person for the whole set).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -32,27 +38,53 @@ class DpFaceReplacer:
 
     name = "dp"
 
-    def __init__(self, model: FaceModel, privacy: PrivacyConfig, min_face_px: float = 0.0, testing_seed: int | None = None):
+    def __init__(
+        self,
+        model: FaceModel,
+        privacy: PrivacyConfig,
+        min_face_px: float = 0.0,
+        testing_seed: int | None = None,
+        *,
+        stills: bool = False,
+        link_people: bool = False,
+    ):
         self.model = model
         self.min_face_px = min_face_px
+        self.stills = stills
+        self.link_people = link_people or not stills
         mechanism = make_mechanism(privacy, model.dim, privacy.clip_norm or model.clip_norm, testing_seed=testing_seed)
-        self.identities = IdentityCache(mechanism, privacy, model.post_process)
+        # stills: a person stays linkable for the whole set (times are photo indices)
+        ttl = math.inf if stills else None
+        self.identities = IdentityCache(mechanism, privacy, model.post_process, link=self.link_people, ttl=ttl)
         self.rendered = 0
         self.fallbacks = 0
+        self.no_mesh = 0
         self.too_small = 0
         self.entering = 0
         self.waiting = 0
+        self.refused = 0
+        self.photos = 0
+        self.photos_with_faces = 0
         self.reassociation_wait = privacy.reassociation_wait
         self._new_tracks: dict[int, float] = {}  # track id -> first time seen, until it has a person
         self._conditioned: OrderedDict[int, np.ndarray] = OrderedDict()  # person id -> identity to decode
 
     @classmethod
-    def from_config(cls, config: Config) -> DpFaceReplacer:
-        return cls(FaceModel.load(config.model), config.privacy, min_face_px=config.dp_min_face_px)
+    def from_config(cls, config: Config, stills: bool = False) -> DpFaceReplacer:
+        return cls(
+            FaceModel.load(config.model),
+            config.privacy,
+            min_face_px=config.dp_min_face_px,
+            stills=stills,
+            link_people=config.link_people,
+        )
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
         image = frame.image
+        self.photos += self.stills
+        self.photos_with_faces += self.stills and len(faces) > 0
         # no mesh, or no track (noise must be drawn once per person): fail closed
+        self.no_mesh += int((~faces.has_mesh()).sum())
         failed = ~faces.has_mesh() | (faces.track_ids < 0)
         # below the validated face size the context left around a new face re-identifies: blur
         small = ~failed & (mesh_heights(faces.landmarks) < self.min_face_px)
@@ -60,7 +92,8 @@ class DpFaceReplacer:
         failed |= small
         # a new track's identity is taken from a face fully in view (one cut by the frame edge
         # would give a poor embedding, and the returning person would not be recognised)
-        entering = ~failed & (inside_fraction(faces.landmarks, image.shape) < MIN_INSIDE_TO_ENCODE)
+        # (a still is all there is of its faces: encoded as it is)
+        entering = ~failed & (inside_fraction(faces.landmarks, image.shape) < MIN_INSIDE_TO_ENCODE) & (not self.stills)
         entering &= np.array([int(track_id) not in self.identities for track_id in faces.track_ids], bool)
         self.entering += int(entering.sum())
         failed |= entering
@@ -79,12 +112,14 @@ class DpFaceReplacer:
                 person = self.identities.person_for_track(track_id, frame.time, embed)
                 identities[index] = self._identity_to_decode(image, faces.landmarks[index], person)
             except Exception:  # fail closed
+                self.refused += 1
                 failed[index] = True
         for index, identity in identities.items():
             try:
                 self.model.render(image, faces.landmarks[index], identity)
                 self.rendered += 1
             except Exception:  # fail closed: render raises before touching the image
+                self.refused += 1
                 failed[index] = True
         self.identities.end_frame(faces.track_ids[faces.track_ids >= 0], frame.time)
         for track_id in [t for t in self._new_tracks if t in self.identities or t not in faces.track_ids]:
@@ -107,8 +142,9 @@ class DpFaceReplacer:
     def _embedding_to_use(self, image: np.ndarray, landmarks: np.ndarray, track_id: int, time: float):
         """How ``person_for_track`` gets the raw embedding of this face: a callable, or None while
         a new face is held back (blurred) because it may be a person who left and is not
-        recognised yet (for up to ``reassociation_wait`` seconds; then it gets its own draw)."""
-        if track_id in self.identities:
+        recognised yet (for up to ``reassociation_wait`` seconds; then it gets its own draw).
+        A still has no later frame to wait for: its faces are decided at once."""
+        if track_id in self.identities or self.stills:
             return lambda: self.model.encode(image, landmarks)
         first_seen = self._new_tracks.setdefault(track_id, time)
         raw = self.model.encode(image, landmarks)
@@ -124,25 +160,29 @@ class DpFaceReplacer:
             "method": self.name,
             "model": self.model.manifest.name,
             "provider": self.model.provider,
-            "faces_rendered": self.rendered,
-            "fallbacks": self.fallbacks,
-            "fallbacks_too_small": self.too_small,
-            "fallbacks_entering": self.entering,
-            "fallbacks_waiting": self.waiting,
+            **self._counts(),
             "people": len(self.identities.ledger().people),
         }
 
     def ledger(self) -> dict:
-        return {
-            "method": self.name,
-            "model": self.model.manifest.name,
+        ledger = self.identities.ledger()
+        if self.stills:
+            ledger = dataclasses.replace(ledger, stills=True, linked=self.link_people)
+        return {"method": self.name, "model": self.model.manifest.name, **self._counts(), **ledger.to_dict()}
+
+    def _counts(self) -> dict:
+        counts = {
             "faces_rendered": self.rendered,
             "fallbacks": self.fallbacks,  # faces covered by the heavy blur instead of a rendered face
+            "fallbacks_no_mesh": self.no_mesh,  # of those: no landmark mesh could be fitted
             "fallbacks_too_small": self.too_small,  # of those: smaller than dp_min_face_px
             "fallbacks_entering": self.entering,  # of those: new faces still cut by the frame edge
             "fallbacks_waiting": self.waiting,  # of those: new faces held back while they may be returning people
-            **self.identities.ledger().to_dict(),
+            "fallbacks_refused": self.refused,  # of those: the face model could not encode or render it (extreme pose, ...)
         }
+        if self.stills:
+            counts |= {"photos": self.photos, "photos_with_faces": self.photos_with_faces}
+        return counts
 
     def close(self) -> None:
         self.identities.close()
