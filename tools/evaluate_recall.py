@@ -95,9 +95,12 @@ PHOTO_SCALES = (1.0, 0.5, 0.35)
 """The photos' faces are all 24 px or more: each photo is also judged shrunk (INTER_AREA, as a
 camera further away would see it), labels scaled alike, to fill the small-face buckets."""
 
+PHOTO_BRIGHTNESS = (1.0, 0.3)
+"""And at each size as taken and dimmed (pixel values times 0.3: an underexposed room)."""
+
 
 def photo_recall() -> tuple[dict[str, RecallCounts], int]:
-    """Recall per detector on every labelled photo, at each of ``PHOTO_SCALES``."""
+    """Recall per detector on every labelled photo, at each of ``PHOTO_SCALES`` and ``PHOTO_BRIGHTNESS``."""
     normal, high = FaceFinder(recall="normal"), FaceFinder(recall="high")
     detectors = {
         "MediaPipe": lambda image: normal.detect(image).boxes,
@@ -110,9 +113,11 @@ def photo_recall() -> tuple[dict[str, RecallCounts], int]:
         original = read_rgb(photo.path)
         for scale in PHOTO_SCALES:
             size = (round(original.shape[1] * scale), round(original.shape[0] * scale))
-            image, labels = cv2.resize(original, size, interpolation=cv2.INTER_AREA), photo.boxes * scale
-            for name, detect in detectors.items():
-                counts[name].add(labels, found_labels(labels, detect(image)))
+            shrunk, labels = cv2.resize(original, size, interpolation=cv2.INTER_AREA), photo.boxes * scale
+            for brightness in PHOTO_BRIGHTNESS:
+                image = (shrunk * brightness).round().astype(np.uint8)
+                for name, detect in detectors.items():
+                    counts[name].add(labels, found_labels(labels, detect(image)))
     normal.close()
     high.close()
     return counts, len(photos)
