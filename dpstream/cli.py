@@ -20,6 +20,10 @@ EXIT_INTERRUPTED = 130
 LIVE_PRESET = "ultrafast"
 """x264 preset of the live commands when no --config is given (as in configs/webcam.yaml, relay.yaml)."""
 
+LIVE_RECALL = "normal"
+"""detector_recall of the live commands when no --config is given (as in the live profiles): live
+runs detect on every frame, where CenterFace is too slow for real time on a CPU."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -125,6 +129,7 @@ def _live(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, key, None) for key in keys if getattr(args, key, None) is not None}
     if args.config is None:
         overrides.setdefault("preset", LIVE_PRESET)
+        overrides.setdefault("detector_recall", LIVE_RECALL)
     config = load_config(args.config, **overrides)
     from dpstream.live import run_live  # loads MediaPipe: after the config is known to be good
     from dpstream.live_source import live_input, webcam_input

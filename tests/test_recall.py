@@ -42,13 +42,14 @@ def test_fused_stage_finds_labelled_faces_mediapipe_misses(small_dim_photo):
 @requires_shared
 def test_faces_only_the_recall_detector_finds_are_covered_in_the_output(small_dim_photo):
     image, labels = small_dim_photo
-    outputs = {}
-    for recall in ("normal", "high"):
-        anonymizer = Anonymizer(Config(method="blur", detector_recall=recall))
+    outputs, results = {}, {}
+    for name, method, recall in (("normal", "blur", "normal"), ("high", "blur", "high"), ("dp", "dp", "high")):
+        anonymizer = Anonymizer(Config(method=method, detector_recall=recall))
         try:
-            outputs[recall] = anonymizer.process(VideoFrame(image.copy(), 0)).frame.image
+            results[name] = anonymizer.process(VideoFrame(image.copy(), 0))
         finally:
             anonymizer.close()
+        outputs[name] = results[name].frame.image
     normal = FaceFinder(recall="normal")
     missed = labels[~found_labels(labels, normal.detect(image).boxes)]
     normal.close()
@@ -58,6 +59,9 @@ def test_faces_only_the_recall_detector_finds_are_covered_in_the_output(small_di
         changed = {recall: (np.abs(output[window].astype(int) - image[window]).max(axis=2) > 2).mean() for recall, output in outputs.items()}
         assert changed["normal"] < 0.5  # mostly published untouched (a neighbour's blur reaches in)
         assert changed["high"] > 0.8  # now blurred (flat dark patches can stay within 2 levels)
+        assert changed["dp"] > 0.8
+    # every face is under dp_min_face_px: dp gives each the fallback blur, none is left out
+    assert results["dp"].fallbacks == len(results["dp"].faces) >= len(labels)
 
 
 def test_detector_recall_is_checked():
