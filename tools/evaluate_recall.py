@@ -202,7 +202,7 @@ def main() -> None:
             "solvay1927.jpg (29 faces, no labelled boxes): faces found: "
             + ", ".join(f"{name} {count}" for name, count in solvay.items()), "",
         ]  # fmt: skip
-        print("\n".join(lines[-5:]))
+        print("\n".join(lines[-8:]))
     if args.part in ("all", "videos"):
         names = args.videos.split(",") if args.videos else sorted(p.name for p in VIDEOS.glob("*"))
         judges, yunet = Judges.load(), YuNet(score=RESIDUAL_YUNET_SCORE, max_side=4096)
