@@ -10,7 +10,7 @@ still find in the anonymized output.
    YuNet at 0.6 finds where YuNet finds a face in the input (the residual), and leaks as
    ``tools/evaluate_tracking.py`` judges them, with those left untouched counted apart.
 
-    python tools/evaluate_recall.py                    # everything (about 15 min on 2 cores)
+    python tools/evaluate_recall.py                    # everything (over 30 min on 2 cores)
     python tools/evaluate_recall.py --part photos      # photos only (about 1 min)
 
 Writes ``benchmarks/results/recall.md`` unless ``--no-report``.
