@@ -2,11 +2,11 @@
 and deface (the most used face-blurring CLI) on the same inputs in the same run.
 
     python benchmarks/throughput.py [--cases talking,480p-1,...] [--methods dp,blur,...]
-                                    [--frames 150] [--no-deface] [--no-stages]
+                                    [--recall normal,high] [--frames 150] [--no-deface] [--no-stages]
 
 Inputs: the real 720p one-face clip (``talking``) and composed clips ``<res>-<faces>`` (480p,
 720p, 1080p × 1, 3, 10 faces) made by tiling the shared one-face videos (benchmarks/compose.py).
-Each method runs in its own child process so its peak RSS is its own. deface is installed on
+Each method runs at each ``detector_recall`` (``--recall``), in its own child process so its peak RSS is its own. deface is installed on
 first use into benchmarks/.deface-venv (its pins clash with ours). A per-stage breakdown of the
 dp method (stages run one after another in one thread) follows the table. Figures are noisy on
 shared machines: compare the ratios, which come from the same run.
@@ -37,7 +37,7 @@ def peak_rss_mb():
     # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-summary = dpstream.anonymize(sys.argv[1], sys.argv[2], method=sys.argv[3], overwrite=True)
+summary = dpstream.anonymize(sys.argv[1], sys.argv[2], method=sys.argv[3], detector_recall=sys.argv[4], overwrite=True)
 print(json.dumps({"frames": summary.frames, "seconds": summary.seconds, "fallbacks": summary.fallbacks,
                   "peak_rss_mb": peak_rss_mb()}))
 """
@@ -51,10 +51,10 @@ def case_video(case: str, frames: int, workdir: Path) -> Path:
     return write_video(grid_frames(int(faces), width, height, frames), workdir / f"{case}.mp4")
 
 
-def run_method(video: Path, method: str, workdir: Path) -> dict:
+def run_method(video: Path, method: str, recall: str, workdir: Path) -> dict:
     output = workdir / f"out-{method}.mp4"
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(video), str(output), method], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, str(video), str(output), method, recall], capture_output=True, text=True, check=True
     )
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     figures["fps"] = figures["frames"] / figures["seconds"]
@@ -95,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(ALL_CASES))
     parser.add_argument("--methods", default="dp,blur,mosaic,solid,dp-pix")
+    parser.add_argument("--recall", default="high", help="detector_recall values, e.g. normal,high")
     parser.add_argument("--frames", type=int, default=150, help="length of the composed clips")
     parser.add_argument("--no-deface", action="store_true")
     parser.add_argument("--no-stages", action="store_true")
@@ -106,8 +107,10 @@ def main() -> None:
             video = case_video(case, args.frames, workdir)
             rows = {}
             for method in args.methods.split(","):
-                rows[method] = run_method(video, method, workdir)
-                print(f"{case} {method}: {rows[method]['fps']:.1f} frames/s", file=sys.stderr)
+                for recall in args.recall.split(","):
+                    name = f"{method} ({recall})"
+                    rows[name] = run_method(video, method, recall, workdir)
+                    print(f"{case} {name}: {rows[name]['fps']:.1f} frames/s", file=sys.stderr)
             if not args.no_deface:
                 rows["deface"] = run_deface(video, workdir, next(iter(rows.values()))["frames"])
                 print(f"{case} deface: {rows['deface']['fps']:.1f} frames/s", file=sys.stderr)
@@ -115,7 +118,7 @@ def main() -> None:
                 stages[case] = run_stages(video, workdir)
             table.append((case, rows))
     print(f"\n{os.cpu_count()} cores; composed clips {args.frames} frames\n")
-    print("| input | method | frames/s | × deface | peak RSS (MB) | fallbacks |")
+    print("| input | method (detector_recall) | frames/s | × deface | peak RSS (MB) | fallbacks |")
     print("|---|---|---|---|---|---|")
     for case, rows in table:
         deface_fps = rows.get("deface", {}).get("fps")
@@ -124,7 +127,7 @@ def main() -> None:
             rss = f"{figures['peak_rss_mb']:.0f}" if "peak_rss_mb" in figures else "-"
             print(f"| {case} | {name} | {figures['fps']:.1f} | {ratio} | {rss} | {figures.get('fallbacks', '-')} |")
     if stages:
-        print("\nmethod dp, milliseconds per frame, stages one after another in one thread\n")
+        print("\nmethod dp, detector_recall high (the default), milliseconds per frame, stages one after another in one thread\n")
         names = next(iter(stages.values())).keys()
         print("| input | " + " | ".join(names) + " | sum |")
         print("|---|" + "---|" * (len(names) + 1))

@@ -20,6 +20,10 @@ EXIT_INTERRUPTED = 130
 LIVE_PRESET = "ultrafast"
 """x264 preset of the live commands when no --config is given (as in configs/webcam.yaml, relay.yaml)."""
 
+LIVE_RECALL = "normal"
+"""detector_recall of the live commands when no --config is given (as in the live profiles): live
+runs detect on every frame, where CenterFace is too slow for real time on a CPU."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -80,6 +84,10 @@ def _add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
     command.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
     command.add_argument(
+        "--detector-recall", dest="detector_recall", choices=("normal", "high"),
+        help="high (default) adds CenterFace to MediaPipe: finds small, dim and crowd faces, slower",
+    )  # fmt: skip
+    command.add_argument(
         "--model",
         metavar="MANIFEST",
         help="face model manifest, or a built-in model: default, plain (no refiner: softer faces), "
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 def _anonymize(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
-        for key in ("method", "epsilon", "delta", "model", "ledger", "codec", "crf", "preset", "link_people")
+        for key in ("method", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset", "link_people")
         if getattr(args, key) is not None
     }
     config = load_config(args.config, **overrides)
@@ -130,11 +138,12 @@ def _anonymize(args: argparse.Namespace) -> int:
 
 
 def _live(args: argparse.Namespace) -> int:
-    keys = ("method", "epsilon", "delta", "model", "ledger", "codec", "crf", "preset",
+    keys = ("method", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset",
             "capture_size", "capture_fps", "capture_pixel_format", "listen", "transport")
     overrides = {key: getattr(args, key, None) for key in keys if getattr(args, key, None) is not None}
     if args.config is None:
         overrides.setdefault("preset", LIVE_PRESET)
+        overrides.setdefault("detector_recall", LIVE_RECALL)
     config = load_config(args.config, **overrides)
     from dpstream.live import run_live  # loads MediaPipe: after the config is known to be good
     from dpstream.live_source import live_input, webcam_input

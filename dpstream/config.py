@@ -19,6 +19,7 @@ from dpstream.privacy import PrivacyConfig
 
 METHODS = ("dp", "blur", "mosaic", "solid", "dp-pix")
 TRANSPORTS = ("tcp", "udp")
+DETECTOR_RECALL = ("normal", "high")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Config:
     min_face_score: float = 0.5
     face_margin: float = 0.35
     detect_tiles: tuple[int, ...] = (1, 2)
+    detector_recall: str = "high"
     # tracking
     detect_every: int = 5
     lookahead_frames: int = 8
@@ -73,6 +75,7 @@ class Config:
         _check_choice("method", self.method, METHODS)
         self.privacy  # validates the privacy keys
         _check_number("min_face_score", self.min_face_score, low=0.0, high=1.0)
+        _check_choice("detector_recall", self.detector_recall, DETECTOR_RECALL)
         _check_number("face_margin", self.face_margin, low=0.0, high=2.0)
         _check_number("dp_min_face_px", self.dp_min_face_px, low=0.0)
         if not isinstance(self.link_people, bool):

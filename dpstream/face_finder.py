@@ -1,5 +1,5 @@
-"""Face finding: MediaPipe detection (full-range on the frame, short-range on tiles), then a
-face-mesh fit on each face."""
+"""Face finding: MediaPipe detection (full-range on the frame, short-range on tiles), with
+CenterFace's faces added at ``detector_recall: high``, then a face-mesh fit on each face."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import mediapipe as mp
 import numpy as np
 
+from dpstream.errors import ConfigError
 from dpstream.face_mesh import FaceMesh
+from dpstream.recall_detector import CenterFace
 from dpstream.tracker import overlap_of_smaller
 from dpstream.types import Faces, VideoFrame
 
@@ -25,6 +27,7 @@ crop, confirms it."""
 
 CONFIRM_CROP_SCALE = 3.0
 NEAR_CROP_SCALE = 3.0
+RECALL_LEVELS = ("normal", "high")
 """A tracked face lost from its search box is looked for in a crop this many times that box."""
 
 
@@ -49,11 +52,15 @@ class FaceFinder:
     The full-range detector runs on the whole frame; the short-range detector then runs on
     overlapping square tiles (``tile_levels``: n tiles across the frame's short side, per level)
     where small and dim faces that the full-range model misses appear large. The mesh is fitted
-    in a level region around each detection (``FaceMesh``).
+    in a level region around each detection (``FaceMesh``). At ``recall="high"`` CenterFace
+    (``CenterFace``) also runs on the frame; its faces that no MediaPipe box covers are added.
     """
 
-    def __init__(self, min_score: float = 0.5, tile_levels: tuple[int, ...] = (1, 2)):
+    def __init__(self, min_score: float = 0.5, tile_levels: tuple[int, ...] = (1, 2), recall: str = "normal"):
+        if recall not in RECALL_LEVELS:
+            raise ConfigError(f"detector_recall: must be one of {', '.join(RECALL_LEVELS)}, got {recall!r}")
         self.tile_levels = tile_levels
+        self.recall_detector = CenterFace() if recall == "high" else None
         with native_stderr_silenced():
             self._full_range = mp.solutions.face_detection.FaceDetection(
                 model_selection=1, min_detection_confidence=min_score
@@ -95,18 +102,23 @@ class FaceFinder:
             scores += tile_scores
             angles += tile_angles
             trusted += [score >= TILE_TRUSTED_SCORE for score in tile_scores]
-        if not boxes:
-            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        kept, groups = merge_duplicates(np.asarray(boxes, np.float32), np.asarray(scores, np.float32))
+        kept, groups = merge_duplicates(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32))
         kept = [
             index
             for index, group in zip(kept, groups)
             if any(trusted[i] for i in group) or self._confirmed_close_up(image, boxes[index])
         ]
         box_array = np.asarray(boxes, np.float32).reshape(-1, 4)[kept]
+        score_array, angle_array = np.asarray(scores, np.float32)[kept], np.asarray(angles, np.float32)[kept]
+        if self.recall_detector is not None:
+            extra_boxes, extra_scores, extra_angles = self.recall_detector.detect(image)
+            new = ~(overlap_of_smaller(extra_boxes, box_array) >= DUPLICATE_OVERLAP).any(axis=1)
+            box_array = np.concatenate([box_array, extra_boxes[new]])
+            score_array = np.concatenate([score_array, extra_scores[new]])
+            angle_array = np.concatenate([angle_array, extra_angles[new]])
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
-        return Detections(box_array, np.asarray(scores, np.float32)[kept], np.asarray(angles, np.float32)[kept])
+        return Detections(box_array, score_array, angle_array)
 
     def detect_near(self, image: np.ndarray, box: np.ndarray) -> Detections:
         """Faces found by the short-range detector in a square crop ``NEAR_CROP_SCALE`` times ``box``."""

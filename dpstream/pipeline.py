@@ -48,7 +48,7 @@ class Anonymizer:
         # matrices are small. One BLAS thread for the process from here on.
         threadpool_limits(limits=1, user_api="blas")
         self.config = config
-        self.finder = FaceFinder(min_score=config.min_face_score, tile_levels=config.detect_tiles)
+        self.finder = FaceFinder(min_score=config.min_face_score, tile_levels=config.detect_tiles, recall=config.detector_recall)
         # detection on every frame unless the look-ahead of ``tracked`` covers faces found late
         self.tracking = FaceTracking(self.finder, Tracker(hold_seconds=config.hold_seconds), detect_every=1)
         self.stills = StillFaces(self.finder) if stills else None

@@ -161,7 +161,7 @@ def test_latency_percentiles():
 def test_lavfi_720p30_source_to_file_runs_live(tmp_path):
     """A 720p30 generator paced in real time through capture, anonymize and encode threads."""
     output = tmp_path / "live.mp4"
-    config = Config(method="blur", preset="ultrafast")
+    config = Config(method="blur", preset="ultrafast", detector_recall="normal")
     summary = run_live(live_input(LAVFI_720P30, config), [str(output)], config, max_seconds=3.0)
     assert summary.written > 0 and summary.captured >= summary.written + summary.dropped
     assert summary.latency_ms["p50"] is not None
@@ -178,7 +178,7 @@ def test_live_sink_reconnects_after_the_reader_drops():
     """An RTSP publish whose listening reader goes away and comes back."""
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/out"
-    config = Config(io_timeout=3.0, reconnect_delay=0.2, reconnect_max_delay=0.5, reconnect_jitter=0.0, preset="ultrafast")
+    config = Config(io_timeout=3.0, reconnect_delay=0.2, reconnect_max_delay=0.5, reconnect_jitter=0.0, preset="ultrafast", detector_recall="normal")
     sink = LiveSink(live_output(url, config), config)
     image = np.zeros((240, 320, 3), np.uint8)
     outcomes: list[bool] = []
@@ -274,7 +274,7 @@ def free_port() -> int:
 
 def relay_config(tmp_path, **keys) -> Config:
     return Config(
-        listen=True, io_timeout=2.0, reconnect_delay=0.2, reconnect_max_delay=1.0, preset="ultrafast",
+        listen=True, io_timeout=2.0, reconnect_delay=0.2, reconnect_max_delay=1.0, preset="ultrafast", detector_recall="normal",
         ledger=str(tmp_path / "relay.ledger.json"), **keys,
     )
 

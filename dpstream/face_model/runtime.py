@@ -10,8 +10,9 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def create_session(model_path: str | Path, threads: int = 2) -> ort.InferenceSession:
-    """An inference session preferring CUDA; falls back to CPU without printing load errors.
+def create_session(model_path: str | Path | bytes, threads: int = 2) -> ort.InferenceSession:
+    """An inference session (a model file, or the model's bytes) preferring CUDA; falls back to
+    CPU without printing load errors.
 
     onnxruntime-gpu lists CUDA as available even where it cannot load it, so the providers are
     checked on the created session (``session.get_providers()`` tells the truth).
@@ -26,10 +27,11 @@ def create_session(model_path: str | Path, threads: int = 2) -> ort.InferenceSes
     # busy-waiting worker threads cost more than they save for these small graphs on shared cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    model = model_path if isinstance(model_path, bytes) else str(model_path)
     providers = [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
-    session = ort.InferenceSession(str(model_path), options, providers=providers)
+    session = ort.InferenceSession(model, options, providers=providers)
     if CUDA in providers and CUDA not in session.get_providers():
-        session = ort.InferenceSession(str(model_path), options, providers=[CPU])
+        session = ort.InferenceSession(model, options, providers=[CPU])
     return session
 
 
