@@ -114,32 +114,35 @@ def anonymized_clip_frames(model: FaceModel, clip: str, epsilon: float, rng, fin
         yield image, anonymized, [landmarks for landmarks, _ in plans]
 
 
-def closeup_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
+def anonymized_frames(model: FaceModel, clips: tuple[str, ...], epsilon: float, seed: int):
+    """``anonymized_clip_frames`` over ``clips``, with one face finder and one seeded generator."""
     finder = FaceFinder()
     rng = np.random.default_rng(seed)
+    try:
+        for clip in clips:
+            yield from anonymized_clip_frames(model, clip, epsilon, rng, finder)
+    finally:
+        finder.close()
+
+
+def closeup_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
     tiles = []
-    for clip in CLOSEUP_CLIPS:
-        for image, anonymized, faces in anonymized_clip_frames(model, clip, epsilon, rng, finder):
-            for landmarks in faces:
-                height, width = image.shape[:2]
-                x0, y0 = np.clip(landmarks.min(0) - 0.15 * (landmarks.max(0) - landmarks.min(0)), 0, None).astype(int)
-                x1, y1 = (np.minimum(landmarks.max(0) + 0.15 * (landmarks.max(0) - landmarks.min(0)), (width, height))).astype(int)
-                tiles.append(np.hstack([image[y0:y1, x0:x1], np.full((y1 - y0, 4, 3), 255, np.uint8), anonymized[y0:y1, x0:x1]]))
-    finder.close()
+    for image, anonymized, faces in anonymized_frames(model, CLOSEUP_CLIPS, epsilon, seed):
+        for landmarks in faces:
+            height, width = image.shape[:2]
+            x0, y0 = np.clip(landmarks.min(0) - 0.15 * (landmarks.max(0) - landmarks.min(0)), 0, None).astype(int)
+            x1, y1 = (np.minimum(landmarks.max(0) + 0.15 * (landmarks.max(0) - landmarks.min(0)), (width, height))).astype(int)
+            tiles.append(np.hstack([image[y0:y1, x0:x1], np.full((y1 - y0, 4, 3), 255, np.uint8), anonymized[y0:y1, x0:x1]]))
     return stack_rows(tiles)
 
 
 def video_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
-    finder = FaceFinder()
-    rng = np.random.default_rng(seed)
     rows = []
-    for clip in CLIPS:
-        for image, anonymized, faces in anonymized_clip_frames(model, clip, epsilon, rng, finder):
-            tiles = [fit_height(image, FRAME_HEIGHT), fit_height(anonymized, FRAME_HEIGHT)]
-            for landmarks in faces:
-                tiles += [face_crop(image, landmarks), face_crop(anonymized, landmarks)]
-            rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles]))
-    finder.close()
+    for image, anonymized, faces in anonymized_frames(model, CLIPS, epsilon, seed):
+        tiles = [fit_height(image, FRAME_HEIGHT), fit_height(anonymized, FRAME_HEIGHT)]
+        for landmarks in faces:
+            tiles += [face_crop(image, landmarks), face_crop(anonymized, landmarks)]
+        rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles]))
     return stack_rows(rows)
 
 

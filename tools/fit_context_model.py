@@ -112,12 +112,12 @@ def main() -> None:
 
     order = np.random.default_rng(args.seed).permutation(len(codes))
     held_out, fitted = order[: len(codes) // 5], order[len(codes) // 5 :]
-    scores = {}
+    scores, fits = {}, {}
     for strength in RIDGE_STRENGTHS:
-        weights, intercept = ridge(standardized[fitted], codes[fitted], strength)
+        weights, intercept = fits[strength] = ridge(standardized[fitted], codes[fitted], strength)
         scores[strength] = r_squared(codes[held_out], standardized[held_out] @ weights + intercept)
     strength = max(scores, key=scores.get)
-    weights, intercept = ridge(standardized[fitted], codes[fitted], strength)
+    weights, intercept = fits[strength]
     weights = weights @ strongest_directions(standardized[fitted] @ weights, np.cov(codes.T), args.rank)
     predicted = standardized[held_out] @ weights + intercept
     held_out_r2 = r_squared(codes[held_out], predicted)
