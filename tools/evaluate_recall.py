@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import dpstream  # noqa: E402
 from dpstream.face_finder import FaceFinder  # noqa: E402
-from dpstream.tracker import box_iou, overlap_of_smaller  # noqa: E402
+from dpstream.tracker import box_iou  # noqa: E402
 from tools.evaluate_tracking import VIDEOS, Judges, DescriptorCache, decoded_frames, leaks_in_frame  # noqa: E402
 from tools.judges import SHARED, YuNet  # noqa: E402
 
