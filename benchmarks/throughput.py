@@ -2,14 +2,16 @@
 and deface (the most used face-blurring CLI) on the same inputs in the same run.
 
     python benchmarks/throughput.py [--cases talking,480p-1,...] [--methods dp,blur,...]
-                                    [--recall normal,high] [--frames 150] [--no-deface] [--no-stages]
+                                    [--recall normal,high] [--frames 150] [--repeats 1] [--no-deface] [--no-stages]
 
 Inputs: the real 720p one-face clip (``talking``) and composed clips ``<res>-<faces>`` (480p,
 720p, 1080p × 1, 3, 10 faces) made by tiling the shared one-face videos (benchmarks/compose.py).
 Each method runs at each ``detector_recall`` (``--recall``), in its own child process so its peak RSS is its own. deface is installed on
 first use into benchmarks/.deface-venv (its pins clash with ours). A per-stage breakdown of the
 dp method (stages run one after another in one thread) follows the table. Figures are noisy on
-shared machines: compare the ratios, which come from the same run.
+shared machines: compare the ratios, which come from the same run; with ``--repeats N`` every
+method and deface run N times, one after another, and the table gives the median frames/s and
+the median of the N ratios.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,12 +94,24 @@ def run_stages(video: Path, workdir: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def median_figures(runs: list[dict], deface_runs: list[dict] | None) -> dict:
+    """One row from repeated runs: median frames/s, highest peak RSS, median ratio to the deface
+    run of the same repeat."""
+    row = {**runs[-1], "fps": statistics.median(run["fps"] for run in runs)}
+    if "peak_rss_mb" in row:
+        row["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    if deface_runs:
+        row["ratio"] = statistics.median(run["fps"] / deface["fps"] for run, deface in zip(runs, deface_runs))
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(ALL_CASES))
     parser.add_argument("--methods", default="dp,blur,mosaic,solid,dp-pix")
     parser.add_argument("--recall", default="high", help="detector_recall values, e.g. normal,high")
     parser.add_argument("--frames", type=int, default=150, help="length of the composed clips")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each method and of deface (medians reported)")
     parser.add_argument("--no-deface", action="store_true")
     parser.add_argument("--no-stages", action="store_true")
     args = parser.parse_args()
@@ -105,15 +120,17 @@ def main() -> None:
         workdir = Path(tmp)
         for case in args.cases.split(","):
             video = case_video(case, args.frames, workdir)
-            rows = {}
-            for method in args.methods.split(","):
-                for recall in args.recall.split(","):
-                    name = f"{method} ({recall})"
-                    rows[name] = run_method(video, method, recall, workdir)
-                    print(f"{case} {name}: {rows[name]['fps']:.1f} frames/s", file=sys.stderr)
-            if not args.no_deface:
-                rows["deface"] = run_deface(video, workdir, next(iter(rows.values()))["frames"])
-                print(f"{case} deface: {rows['deface']['fps']:.1f} frames/s", file=sys.stderr)
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.repeats):
+                for method in args.methods.split(","):
+                    for recall in args.recall.split(","):
+                        name = f"{method} ({recall})"
+                        runs.setdefault(name, []).append(run_method(video, method, recall, workdir))
+                        print(f"{case} {name}: {runs[name][-1]['fps']:.1f} frames/s", file=sys.stderr)
+                if not args.no_deface:
+                    runs.setdefault("deface", []).append(run_deface(video, workdir, next(iter(runs.values()))[-1]["frames"]))
+                    print(f"{case} deface: {runs['deface'][-1]['fps']:.1f} frames/s", file=sys.stderr)
+            rows = {name: median_figures(figures, runs.get("deface")) for name, figures in runs.items()}
             if not args.no_stages:
                 stages[case] = run_stages(video, workdir)
             table.append((case, rows))
@@ -121,9 +138,8 @@ def main() -> None:
     print("| input | method (detector_recall) | frames/s | × deface | peak RSS (MB) | fallbacks |")
     print("|---|---|---|---|---|---|")
     for case, rows in table:
-        deface_fps = rows.get("deface", {}).get("fps")
         for name, figures in rows.items():
-            ratio = f"{figures['fps'] / deface_fps:.2f}" if deface_fps else "-"
+            ratio = f"{figures['ratio']:.2f}" if "ratio" in figures else "-"
             rss = f"{figures['peak_rss_mb']:.0f}" if "peak_rss_mb" in figures else "-"
             print(f"| {case} | {name} | {figures['fps']:.1f} | {ratio} | {rss} | {figures.get('fallbacks', '-')} |")
     if stages:

@@ -1,8 +1,8 @@
 """Pipeline stages on their own threads, bounded queues between.
 
-A file run decodes, finds and tracks faces, replaces them and encodes on four threads. PyAV,
-MediaPipe, LiteRT, ONNX Runtime, OpenCV and the Numba kernels do their work without holding the
-GIL, so on two cores the stages overlap. Errors raised in a background thread are raised again
+A file run decodes, marks key frames (CenterFace runs there), finds and tracks faces, replaces
+them and encodes on five threads. PyAV, MediaPipe, LiteRT, ONNX Runtime, OpenCV and the Numba
+kernels do their work without holding the GIL, so on two cores the stages overlap. Errors raised in a background thread are raised again
 in the caller.
 """
 

@@ -45,9 +45,10 @@ class Config:
     face_margin: float = 0.35
     detect_tiles: tuple[int, ...] = (1, 2)
     detector_recall: str = "high"
+    recall_every: int = 10
     # tracking
     detect_every: int = 5
-    lookahead_frames: int = 8
+    lookahead_frames: int = 9
     hold_seconds: float = 0.25
     # baselines
     mosaic_cells: int = 5
@@ -71,6 +72,11 @@ class Config:
     capture_fps: float | None = None
     capture_pixel_format: str | None = None
 
+    @property
+    def detection_gap(self) -> int:
+        """The most frames (file runs) between runs of the detectors that may find a face first."""
+        return max(self.detect_every, self.recall_every if self.detector_recall == "high" else 1)
+
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
         self.privacy  # validates the privacy keys
@@ -85,11 +91,13 @@ class Config:
         ):
             raise ConfigError(f"detect_tiles: must be a list of integers 1..8, got {self.detect_tiles!r}")
         _check_int("detect_every", self.detect_every, low=1, high=60)
+        _check_int("recall_every", self.recall_every, low=1, high=60)
         _check_int("lookahead_frames", self.lookahead_frames, low=0, high=300)
-        if self.lookahead_frames < self.detect_every - 1:
+        if self.lookahead_frames < self.detection_gap - 1:
             raise ConfigError(
-                f"lookahead_frames: must be at least detect_every - 1 = {self.detect_every - 1} (a face first "
-                f"detected on a key frame is covered back to the previous key frame), got {self.lookahead_frames}"
+                f"lookahead_frames: must be at least {self.detection_gap - 1} (detect_every - 1, or recall_every - 1 at "
+                f"detector_recall high: a face first detected late is covered back to the detector's previous run), "
+                f"got {self.lookahead_frames}"
             )
         _check_number("hold_seconds", self.hold_seconds, low=0.0, high=10.0)
         _check_int("mosaic_cells", self.mosaic_cells, low=2)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-
 import mediapipe as mp
 import numpy as np
 
@@ -15,7 +13,7 @@ from dpstream.errors import ConfigError
 from dpstream.face_mesh import FaceMesh
 from dpstream.recall_detector import CenterFace
 from dpstream.tracker import overlap_of_smaller
-from dpstream.types import Faces, VideoFrame
+from dpstream.types import Detections, Faces, VideoFrame
 
 DUPLICATE_OVERLAP = 0.5
 """Two detections are the same face when the intersection covers this much of the smaller box."""
@@ -29,21 +27,6 @@ CONFIRM_CROP_SCALE = 3.0
 NEAR_CROP_SCALE = 3.0
 RECALL_LEVELS = ("normal", "high")
 """A tracked face lost from its search box is looked for in a crop this many times that box."""
-
-
-@dataclass(slots=True)
-class Detections:
-    """Detected faces: (N, 4) boxes clipped to the image, (N,) scores, (N,) eye-line angles (radians)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    angles: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def select(self, keep: list[int]) -> Detections:
-        return Detections(self.boxes[keep], self.scores[keep], self.angles[keep])
 
 
 class FaceFinder:
@@ -92,11 +75,16 @@ class FaceFinder:
         return Faces(boxes, found.scores, landmarks)
 
     def detect(self, image: np.ndarray) -> Detections:
-        """Every face found in the image."""
+        """Every face found in the image: MediaPipe's, and CenterFace's at ``detector_recall: high``."""
+        found = self.detect_mediapipe(image)
+        return found if self.recall_detector is None else with_recall(found, self.recall_detector.detect(image))
+
+    def detect_mediapipe(self, image: np.ndarray, tiled: bool = True) -> Detections:
+        """The faces MediaPipe's detectors find in the image (full frame, and tiles if ``tiled``)."""
         height, width = image.shape[:2]
         boxes, scores, angles = _detect(self._full_range, image, 0, 0)
         trusted = [True] * len(boxes)
-        for x0, y0, x1, y1 in tiles(height, width, self.tile_levels):
+        for x0, y0, x1, y1 in tiles(height, width, self.tile_levels if tiled else ()):
             tile_boxes, tile_scores, tile_angles = _detect(self._short_range, image[y0:y1, x0:x1], x0, y0)
             boxes += tile_boxes
             scores += tile_scores
@@ -110,12 +98,6 @@ class FaceFinder:
         ]
         box_array = np.asarray(boxes, np.float32).reshape(-1, 4)[kept]
         score_array, angle_array = np.asarray(scores, np.float32)[kept], np.asarray(angles, np.float32)[kept]
-        if self.recall_detector is not None:
-            extra_boxes, extra_scores, extra_angles = self.recall_detector.detect(image)
-            new = ~(overlap_of_smaller(extra_boxes, box_array) >= DUPLICATE_OVERLAP).any(axis=1)
-            box_array = np.concatenate([box_array, extra_boxes[new]])
-            score_array = np.concatenate([score_array, extra_scores[new]])
-            angle_array = np.concatenate([angle_array, extra_angles[new]])
         box_array[:, 0::2] = box_array[:, 0::2].clip(0, width)
         box_array[:, 1::2] = box_array[:, 1::2].clip(0, height)
         return Detections(box_array, score_array, angle_array)
@@ -167,6 +149,16 @@ def _detect(detector, image: np.ndarray, left: int, top: int) -> tuple[list, lis
         right_eye, left_eye = detection.location_data.relative_keypoints[:2]
         angles.append(float(np.arctan2((left_eye.y - right_eye.y) * height, (left_eye.x - right_eye.x) * width)))
     return boxes, scores, angles
+
+
+def with_recall(found: Detections, recall: Detections) -> Detections:
+    """``found`` and the faces of ``recall`` (CenterFace's) that none of ``found`` covers."""
+    new = ~(overlap_of_smaller(recall.boxes, found.boxes) >= DUPLICATE_OVERLAP).any(axis=1)
+    return Detections(
+        np.concatenate([found.boxes, recall.boxes[new]]),
+        np.concatenate([found.scores, recall.scores[new]]),
+        np.concatenate([found.angles, recall.angles[new]]),
+    )
 
 
 def tiles(height: int, width: int, levels: tuple[int, ...]) -> list[tuple[int, int, int, int]]:

@@ -1,7 +1,7 @@
 """Faces of each frame of a video with stable track ids: detection on key frames, mesh re-fit between.
 
-Key frames (every ``detect_every`` frames, and every scene cut) run the full detector; on the
-frames between, each track's mesh is re-fitted on a crop at its predicted place, which is
+Key frames (``KeyFrames``: every ``detect_every`` frames, and every scene cut) run the full
+detector; on the frames between, each track's mesh is re-fitted on a crop at its predicted place, which is
 cheaper and follows the face as closely. The mesh is fitted at the predicted place, then in the
 search box (predicted and last seen boxes joined), then where the short-range detector finds a
 face around the search box; the mesh's face-presence score says when the face is not there. A
@@ -11,11 +11,11 @@ every following frame.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from dpstream.face_finder import FaceFinder, mesh_boxes, same_face
+from dpstream.face_finder import FaceFinder, mesh_boxes, same_face, with_recall
 from dpstream.face_mesh import ROI_SCALE, WIDE_ROI_SCALE, eye_line_angle
+from dpstream.key_frames import KeyFrameMark, KeyFrames
 from dpstream.tracker import Tracker, box_areas, box_iou
 from dpstream.types import Faces, VideoFrame
 
@@ -32,10 +32,6 @@ STILL_IOU = 0.8
 """A track whose predicted box overlaps its search box (predicted and last seen joined) less than
 this is moving: its mesh is first looked for in a wider region."""
 
-SCENE_CUT_DIFFERENCE = 20.0
-"""Mean absolute difference (0-255) of consecutive 32x18 grey thumbnails above which a frame
-starts a new shot."""
-
 
 class FaceTracking:
     """Finds and tracks the faces of consecutive frames (one video)."""
@@ -43,21 +39,19 @@ class FaceTracking:
     def __init__(self, finder: FaceFinder, tracker: Tracker, detect_every: int = 1):
         self.finder = finder
         self.tracker = tracker
-        self.detect_every = detect_every
-        self._frames_since_detection = detect_every  # the first frame is a key frame
-        self._previous_thumbnail: np.ndarray | None = None
+        self.key_frames = KeyFrames(detect_every, finder.recall_detector if finder is not None else None)
 
-    def process(self, frame: VideoFrame) -> Faces:
-        """The frame's faces: found or re-fitted ones first, then faces held by the tracker."""
+    def process(self, frame: VideoFrame, mark: KeyFrameMark | None = None) -> Faces:
+        """The frame's faces: found or re-fitted ones first, then faces held by the tracker.
+        ``mark`` is the frame's key-frame mark made ahead (``key_frames.mark``, e.g. on another
+        thread); without it the frame is marked here."""
         image = frame.image
-        if self._is_scene_cut(image):
+        mark = mark if mark is not None else self.key_frames.mark(image)
+        if mark.scene_cut:
             self.tracker.mark_scene_cut()
-            self._frames_since_detection = self.detect_every
         refitted = self.refit(image, *self.tracker.predict(frame.time))
-        self._frames_since_detection += 1
-        if self._frames_since_detection >= self.detect_every:
-            self._frames_since_detection = 0
-            refitted = Faces.concatenate([refitted, self._new_faces(image, refitted)])
+        if mark.key:
+            refitted = Faces.concatenate([refitted, self._new_faces(image, refitted, mark)])
         return self.tracker.update(refitted, frame.time)
 
     def refit(self, image: np.ndarray, predicted: Faces, search_boxes: np.ndarray) -> Faces:
@@ -103,20 +97,15 @@ class FaceTracking:
     def reset(self) -> None:
         """Start over (an unrelated image follows)."""
         self.tracker.reset()
-        self._frames_since_detection = self.detect_every
-        self._previous_thumbnail = None
+        self.key_frames.reset()
 
-    def _new_faces(self, image: np.ndarray, known: Faces) -> Faces:
+    def _new_faces(self, image: np.ndarray, known: Faces, mark: KeyFrameMark) -> Faces:
         """Detected faces that are not one of ``known``, with meshes (boxes from the mesh)."""
-        found = self.finder.detect(image)
+        found = self.finder.detect_mediapipe(image, tiled=mark.tiles)
+        if mark.recall is not None:
+            found = with_recall(found, mark.recall)
         new = [i for i in range(len(found)) if not any(same_face(found.boxes[i], box) for box in known.boxes)]
         return self.finder.meshed(image, found.select(new))
-
-    def _is_scene_cut(self, image: np.ndarray) -> bool:
-        step = max(1, min(image.shape[0] // 72, image.shape[1] // 128))  # a cheap pre-shrink
-        grey = cv2.cvtColor(cv2.resize(image[::step, ::step], (32, 18), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-        previous, self._previous_thumbnail = self._previous_thumbnail, grey.astype(np.float32)
-        return previous is not None and float(np.abs(self._previous_thumbnail - previous).mean()) > SCENE_CUT_DIFFERENCE
 
 
 def _scaled(box: np.ndarray, factor: float) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from dpstream.face_finder import mesh_boxes
 from dpstream.face_mesh import eye_line_angle
 from dpstream.face_tracking import FaceTracking
+from dpstream.key_frames import KeyFrameMark
 from dpstream.tracker import box_iou
 from dpstream.types import Faces, TrackedFrame, VideoFrame
 
@@ -35,9 +36,10 @@ class LookAhead:
         self.min_backfill = min_backfill
         self.pending: deque[TrackedFrame] = deque()
 
-    def push(self, frame: VideoFrame) -> Iterator[TrackedFrame]:
-        """Track ``frame``; yield the frames that leave the buffer (oldest first)."""
-        faces = self.tracking.process(frame)
+    def push(self, frame: VideoFrame, mark: KeyFrameMark | None = None) -> Iterator[TrackedFrame]:
+        """Track ``frame`` (``mark``: its key-frame mark, if made ahead); yield the frames that
+        leave the buffer (oldest first)."""
+        faces = self.tracking.process(frame, mark)
         known = {int(i) for entry in self.pending for i in entry.faces.track_ids}
         for index in range(len(faces)):
             track_id = int(faces.track_ids[index])

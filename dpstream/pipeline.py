@@ -32,6 +32,9 @@ from dpstream.types import Faces, ReplacedFrame, TrackedFrame, VideoFrame
 
 TRACKED_AHEAD = 2
 """Tracked frames waiting for replacement (file runs)."""
+MARKED_AHEAD = 8
+"""Frames the key-frame stage (CenterFace on key frames) may run ahead of tracking: its cost
+comes in bursts, one key frame in ``detect_every``."""
 
 
 class Anonymizer:
@@ -59,14 +62,20 @@ class Anonymizer:
 
     def tracked(self, frames: Iterable[VideoFrame]) -> Iterator[TrackedFrame]:
         """``frames`` in order with their faces, each once ``lookahead_frames`` later frames have
-        been tracked (all remaining ones at the end)."""
+        been tracked (all remaining ones at the end). Key frames are marked (``KeyFrames``) on
+        a thread of their own, ahead of tracking."""
         if self.stills is not None or self.config.lookahead_frames == 0:
             yield from (TrackedFrame(frame, self._faces_now(frame)) for frame in frames)
             return
-        self.tracking.detect_every = self.config.detect_every
-        buffer = LookAhead(self.tracking, self.config.lookahead_frames, min_backfill=self.config.detect_every - 1)
-        for frame in frames:
-            yield from buffer.push(frame)
+        key_frames = self.tracking.key_frames
+        key_frames.detect_every, key_frames.recall_every = self.config.detect_every, self.config.recall_every
+        buffer = LookAhead(self.tracking, self.config.lookahead_frames, min_backfill=self.config.detection_gap - 1)
+        marked = Prefetch(((frame, key_frames.mark(frame.image)) for frame in frames), size=MARKED_AHEAD, name="dpstream-key-frames")
+        try:
+            for frame, mark in marked:
+                yield from buffer.push(frame, mark)
+        finally:
+            marked.close()
         yield from buffer.flush()
 
     def stream(self, frames: Iterable[VideoFrame], overlap: bool = True) -> Iterator[ReplacedFrame]:

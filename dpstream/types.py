@@ -43,6 +43,21 @@ class VideoFrame:
 
 
 @dataclass(slots=True)
+class Detections:
+    """Detected faces: (N, 4) boxes clipped to the image, (N,) scores, (N,) eye-line angles (radians)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    angles: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def select(self, keep: list[int]) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.angles[keep])
+
+
+@dataclass(slots=True)
 class Faces:
     """All faces found in one frame, as parallel arrays (one row per face).
 

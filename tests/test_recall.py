@@ -30,7 +30,7 @@ def test_fused_stage_finds_labelled_faces_mediapipe_misses(small_dim_photo):
     try:
         by_mediapipe = found_labels(labels, normal.detect(image).boxes)
         by_fused = found_labels(labels, high.detect(image).boxes)
-        by_centerface = found_labels(labels, high.recall_detector.detect(image)[0])
+        by_centerface = found_labels(labels, high.recall_detector.detect(image).boxes)
     finally:
         normal.close()
         high.close()

@@ -12,7 +12,9 @@ from independent import VIDEOS, YuNet, decoded_rgb_frames
 from dpstream.config import Config
 from dpstream.face_finder import FaceFinder
 from dpstream.face_tracking import FaceTracking
+from dpstream.key_frames import KeyFrames
 from dpstream.pipeline import Anonymizer
+from dpstream.recall_detector import CenterFace
 from dpstream.tracker import BoxKalman, OneEuroFilter, Tracker
 from dpstream.types import NUM_LANDMARKS, Faces, VideoFrame
 
@@ -146,9 +148,22 @@ def test_a_face_that_turns_back_while_zooming_is_refitted_where_it_is():
 @requires_shared
 def test_the_scene_cuts_of_the_multiface_clip_are_found():
     frames = decoded_rgb_frames(VIDEOS / "multiface_640x360_hamilton.mp4")[:100]
-    tracking = FaceTracking(finder=None, tracker=Tracker())  # the cut test needs no model
-    cuts = [index for index, image in enumerate(frames) if tracking._is_scene_cut(image)]
+    key_frames = KeyFrames()  # the cut test needs no model
+    cuts = [index for index, image in enumerate(frames) if key_frames.is_scene_cut(image)]
     assert cuts == [20, 82]  # by eye; frames 21-23 and 46 are fast camera moves in one shot
+
+
+@requires_shared
+def test_centerface_runs_on_every_other_key_frame_and_on_scene_cuts():
+    """detect_every 5, recall_every 10 on the multiface clip (cut at frame 20): CenterFace runs at
+    0, 10, 20 (the cut) and 30; MediaPipe's tiles run on the key frames between."""
+    frames = decoded_rgb_frames(VIDEOS / "multiface_640x360_hamilton.mp4")[:36]
+    key_frames = KeyFrames(detect_every=5, recall_detector=CenterFace(), recall_every=10)
+    marks = [key_frames.mark(image) for image in frames]
+    assert [i for i, mark in enumerate(marks) if mark.key] == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert [i for i, mark in enumerate(marks) if mark.recall is not None] == [0, 10, 20, 30]
+    assert [i for i, mark in enumerate(marks) if mark.key and mark.tiles] == [5, 15, 25, 35]
+    assert len(marks[20].recall) > 0  # the audience after the cut
 
 
 @requires_shared
@@ -162,7 +177,7 @@ def test_look_ahead_covers_a_face_found_late_and_interpolates_a_gap(talking_fram
     hidden = cv2.GaussianBlur(frames[0][100:500, 450:850], (0, 0), 25)
     frames[0][100:500, 450:850] = hidden
     frames[12][100:500, 450:850] = cv2.GaussianBlur(frames[12][100:500, 450:850], (0, 0), 25)
-    config = Config(method="solid", detect_every=5, lookahead_frames=6)
+    config = Config(method="solid", detect_every=5, recall_every=5, lookahead_frames=6)
 
     finder = FaceFinder()
     try:

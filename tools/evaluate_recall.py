@@ -111,7 +111,7 @@ def photo_recall() -> tuple[dict[str, RecallCounts], int, dict[str, int]]:
     normal, high = FaceFinder(recall="normal"), FaceFinder(recall="high")
     detectors = {
         "MediaPipe": lambda image: normal.detect(image).boxes,
-        "CenterFace": lambda image: high.recall_detector.detect(image)[0],
+        "CenterFace": lambda image: high.recall_detector.detect(image).boxes,
         "fused": lambda image: high.detect(image).boxes,
     }
     counts = {name: RecallCounts() for name in detectors}
