@@ -1,6 +1,8 @@
 """The high-recall stage: CenterFace fused with MediaPipe finds the small, dim faces MediaPipe
 misses in a hand-labelled photo, and the output covers them."""
 
+from fractions import Fraction
+
 import cv2
 import numpy as np
 import pytest
@@ -62,6 +64,35 @@ def test_faces_only_the_recall_detector_finds_are_covered_in_the_output(small_di
         assert changed["dp"] > 0.8
     # every face is under dp_min_face_px: dp gives each the fallback blur, none is left out
     assert results["dp"].fallbacks == len(results["dp"].faces) >= len(labels)
+
+
+@requires_shared
+def test_a_face_only_centerface_finds_is_covered_from_its_first_frame_in_a_video(small_dim_photo):
+    """File runs: CenterFace runs on frames 0 and 10 only (recall_every 10). The photo's faces are
+    flat grey patches but one, which appears at frame 3 (no scene cut) and which MediaPipe does
+    not find (its key frames 5 and 15). First found at frame 10, the face must be covered from
+    frame 3 on, back through the look-ahead."""
+    image, labels = small_dim_photo
+    empty = image.copy()
+    for x0, y0, x1, y1 in labels.astype(int):
+        empty[y0 - 4 : y1 + 4, x0 - 4 : x1 + 4] = image[y0:y1, x0:x1].mean(axis=(0, 1))
+    anonymizer = Anonymizer(Config(method="blur"))
+    for x0, y0, x1, y1 in labels.astype(int):
+        shown = empty.copy()
+        shown[y0 - 4 : y1 + 4, x0 - 4 : x1 + 4] = image[y0 - 4 : y1 + 4, x0 - 4 : x1 + 4]
+        if not len(anonymizer.finder.detect_mediapipe(shown)):
+            break
+    else:
+        pytest.fail("MediaPipe finds every face of the photo shown alone")
+    assert len(anonymizer.finder.recall_detector.detect(shown)) == 1
+    frames = [VideoFrame((empty if index < 3 else shown).copy(), index, index, Fraction(1, 25)) for index in range(20)]
+    try:
+        outputs = [result.frame.image for result in anonymizer.stream(iter(frames))]
+    finally:
+        anonymizer.close()
+    window = np.s_[y0:y1, x0:x1]
+    changed = [(np.abs(output[window].astype(int) - shown[window]).max(axis=2) > 2).mean() for output in outputs[3:]]
+    assert min(changed) > 0.8, [round(c, 2) for c in changed]
 
 
 def test_detector_recall_is_checked():
