@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from dpstream.background import BackgroundCalls, Prefetch, signals_routed_to
 from dpstream.config import Config, load_config
-from dpstream.errors import OutputError
+from dpstream.errors import InputError, OutputError
 from dpstream.face_finder import FaceFinder
 from dpstream.face_tracking import FaceTracking
 from dpstream.lookahead import LookAhead
@@ -200,6 +200,11 @@ def anonymize(
     finally:
         source.close()
     summary.input_errors = list(source.report.errors)
+    if not stills and summary.frames == 0 and summary.input_errors and not summary.interrupted:
+        output_path.unlink(missing_ok=True)
+        if summary.ledger:
+            Path(summary.ledger).unlink(missing_ok=True)
+        raise InputError(f"{input_path}: no frame could be decoded ({summary.input_errors[0]})")
     return summary
 
 

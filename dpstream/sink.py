@@ -62,7 +62,7 @@ class VideoSink:
         stream.width, stream.height = info.width, info.height
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
-        stream.pix_fmt = "yuv420p" if "yuv420p" in pixel_formats(stream) else pixel_formats(stream)[0]
+        stream.pix_fmt = output_pixel_format(pixel_formats(stream), info.width, info.height)
         source_context = source.video_stream.codec_context
         for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
             setattr(stream.codec_context, tag, getattr(source_context, tag))
@@ -173,6 +173,14 @@ def encoder_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     if pix_fmt == "yuv420p" and width % 2 == 0 and height % 2 == 0:
         return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+
+
+def output_pixel_format(formats: list[str], width: int, height: int) -> str:
+    """yuv420p, the format every player reads, unless a side is odd (4:2:0 cannot hold it): then
+    yuv444p where the encoder has it."""
+    if width % 2 == 0 and height % 2 == 0 and "yuv420p" in formats:
+        return "yuv420p"
+    return "yuv444p" if "yuv444p" in formats else formats[0]
 
 
 def pixel_formats(stream: av.video.stream.VideoStream) -> list[str]:

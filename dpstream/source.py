@@ -16,6 +16,9 @@ from dpstream.errors import InputError
 from dpstream.types import StillInfo, VideoFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_VIDEO_SIDE = 8192
+"""The largest video frame side dpstream reads (8K is 7680x4320): a larger frame is refused
+before decoding, since the stages' queues hold dozens of frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,9 @@ class VideoInfo:
     time_base: Fraction
     frame_rate: Fraction | None
     rotation: int  # display rotation in degrees, counter-clockwise, multiple of 90
-    expected_frames: int | None  # from the container, when it says
+    expected_frames: int | None  # from the container, when it says (else estimated from the duration)
+    frames_counted: bool  # the container holds the frame count (not an estimate)
+    duration: float | None  # seconds, when the container says
 
 
 @dataclass(slots=True)
@@ -50,21 +55,28 @@ class VideoSource:
         self.path = Path(path)
         self.container = open_video_container(self.path)
         self.video_stream = self.container.streams.video[0]
-        self.video_stream.thread_type = "AUTO"
+        # slice threads only: frame threading silently drops the frames around a damaged packet
+        self.video_stream.thread_type = "SLICE"
         self.audio_streams = list(self.container.streams.audio)
         self._pending_audio: list[av.Packet] = []
         self.report = DecodeReport([], 0, None)
         self.info = self._probe_info()
+        if max(self.info.width, self.info.height) > MAX_VIDEO_SIDE:
+            self.container.close()
+            raise InputError(
+                f"{self.path}: frames of {self.info.width}x{self.info.height}, larger than the "
+                f"{MAX_VIDEO_SIDE} px per side dpstream reads"
+            )
         self.report.expected_frames = self.info.expected_frames
 
     def _probe_info(self) -> VideoInfo:
         stream = self.video_stream
         rate = stream.average_rate or stream.guessed_rate
-        expected = stream.frames or None
-        if expected is None and stream.duration and rate:
-            expected = round(float(stream.duration * stream.time_base * rate))
-        elif expected is None and self.container.duration and rate:
-            expected = round(self.container.duration / av.time_base * float(rate))
+        duration = (
+            float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+            else self.container.duration / av.time_base if self.container.duration else None
+        )  # fmt: skip
+        expected = stream.frames or (round(duration * float(rate)) if duration and rate else None)
         return VideoInfo(
             width=stream.codec_context.width,
             height=stream.codec_context.height,
@@ -72,6 +84,8 @@ class VideoSource:
             frame_rate=Fraction(rate) if rate else None,
             rotation=_first_frame_rotation(self.path),
             expected_frames=expected,
+            frames_counted=bool(stream.frames),
+            duration=duration,
         )
 
     def frames(self) -> Iterator[VideoFrame]:
@@ -94,6 +108,8 @@ class VideoSource:
                     pts = frame.pts if frame.pts is not None else (
                         0 if last_pts is None else last_pts + frame_step
                     )
+                    if last_pts is not None and pts <= last_pts:
+                        pts = last_pts + 1  # a repeated timestamp (broken input): one tick later
                     last_pts = pts
                     yield VideoFrame(
                         image=_upright(frame.to_ndarray(format="rgb24"), self.info.rotation),
@@ -105,11 +121,22 @@ class VideoSource:
                     self.report.frames_decoded = index
         except av.error.FFmpegError as error:
             self.report.errors.append(f"stopped reading after frame {index}: {error}")
-        expected = self.info.expected_frames
-        if not self.report.errors and expected and index < expected - max(2, expected // 100):
+        if not self.report.errors and self._ended_early(index, last_pts):
             self.report.errors.append(
-                f"the file ended after {index} of about {expected} frames (truncated?)"
+                f"the file ended after {index} of about {self.info.expected_frames} frames (truncated?)"
             )
+
+    def _ended_early(self, frames: int, last_pts: int | None) -> bool:
+        """Fewer frames than the container counts, or (no count: a variable frame rate makes the
+        estimate unreliable) the last frame well before the container's duration."""
+        info, expected = self.info, self.info.expected_frames
+        if not expected:
+            return False
+        if info.frames_counted or last_pts is None or not info.duration or not info.frame_rate:
+            return frames < expected - max(2, expected // 100)
+        frame_seconds = 1 / float(info.frame_rate)
+        end = float(last_pts * info.time_base) + frame_seconds
+        return end < info.duration - max(2 * frame_seconds, info.duration / 100)
 
     def drain_audio(self) -> list[av.Packet]:
         """Audio packets read so far that have not been written yet."""
