@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_INPUT_DAMAGED = 3
+EXIT_MODEL_FAILED = 4
 EXIT_INTERRUPTED = 130
 LIVE_PRESET = "ultrafast"
 """x264 preset of the live commands when no --config is given (as in configs/webcam.yaml, relay.yaml)."""
@@ -134,6 +135,8 @@ def _anonymize(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if summary.interrupted:
         return EXIT_INTERRUPTED
+    if summary.method_figures.get("fallbacks_model_failed"):
+        return EXIT_MODEL_FAILED
     return EXIT_INPUT_DAMAGED if summary.input_errors else EXIT_OK
 
 
@@ -243,6 +246,12 @@ def _print_summary(summary) -> None:
     )
     if summary.ledger:
         lines.append(f"privacy ledger: {summary.ledger}")
+    failed = summary.method_figures.get("fallbacks_model_failed")
+    if failed:
+        lines.append(
+            f"warning: the face model failed on {failed} faces ({summary.method_figures['model_failure']}); "
+            "each got the fallback blur"
+        )
     for error in summary.input_errors:
         lines.append(f"warning: {summary.input}: {error}")
     if summary.input_errors:

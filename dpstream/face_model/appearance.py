@@ -27,7 +27,7 @@ from dpstream.face_model.alignment import FACE_OVAL, MESH_POINTS, Similarity, fi
 from dpstream.face_model.errors import RenderError
 from dpstream.face_model.kernels import blend_into, rasterize_attributes, sample_canonical
 from dpstream.face_model.manifest import Manifest
-from dpstream.face_model.runtime import create_session
+from dpstream.face_model.runtime import open_network
 
 MIN_FACE_SCALE_PX = 8.0
 """Smallest face handled: mesh RMS radius in pixels (a face about 20 px wide)."""
@@ -280,9 +280,9 @@ class AppearanceModel:
     def __init__(self, manifest: Manifest, threads: int = 2):
         self.manifest = manifest
         self.template = AppearanceTemplate.load(manifest.template_path)
-        self.encoder = create_session(manifest.encoder.path, threads)
-        self.decoder = create_session(manifest.decoder.path, threads)
-        self.refiner = create_session(manifest.refiner.path, threads) if manifest.refiner is not None else None
+        self.encoder = open_network(manifest.encoder, "encoder", threads)
+        self.decoder = open_network(manifest.decoder, "decoder", threads)
+        self.refiner = open_network(manifest.refiner, "refiner", threads) if manifest.refiner is not None else None
         modes = len(self.template.expression_std)
         kept = manifest.expression_from_frame if manifest.expression_from_frame is not None else range(modes)
         self._expression_kept = np.isin(np.arange(modes), kept).astype(np.float64)  # 1: taken from the frame

@@ -11,3 +11,7 @@ class ManifestError(ConfigError):
 
 class RenderError(RuntimeError):
     """This face cannot be encoded or rendered (too small, extreme pose, bad mesh): use the fallback."""
+
+
+class NetworkError(RuntimeError):
+    """The face model's network returned tensors of the wrong shape: the model is broken, not the face."""

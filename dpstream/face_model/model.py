@@ -9,7 +9,7 @@ import numpy as np
 
 from dpstream.face_model.appearance import AppearanceModel
 from dpstream.face_model.context import ContextModel
-from dpstream.face_model.errors import ManifestError, RenderError
+from dpstream.face_model.errors import ManifestError, NetworkError, RenderError
 from dpstream.face_model.manifest import Manifest, load_manifest
 from dpstream.face_model.runtime import active_provider
 from dpstream.face_model.swap import SwapModel
@@ -65,6 +65,8 @@ class FaceModel:
     def encode(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """(dim,) raw identity vector of the face, its norm clipped to ``clip_norm``."""
         identity = self._backend.encode(image_rgb, landmarks)
+        if identity.shape != (self.dim,):
+            raise NetworkError(f"the encoder returned shape {identity.shape}, the manifest says ({self.dim},)")
         norm = float(np.linalg.norm(identity))
         if not np.isfinite(norm):
             raise RenderError("encoder returned a non-finite identity")

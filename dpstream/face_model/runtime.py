@@ -5,6 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _session_errors
+
+from dpstream.face_model.errors import ManifestError, NetworkError
+from dpstream.face_model.manifest import NetworkSpec
+
+RUNTIME_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(_session_errors, name)
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+                 "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    if isinstance(getattr(_session_errors, name, None), type)
+) + (NetworkError,)  # fmt: skip
+"""What the face model raises when its network itself fails (a session's ``run`` errors, tensors
+of the wrong shape), as against a face it refuses (``RenderError``)."""
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -32,6 +45,25 @@ def create_session(model_path: str | Path | bytes, threads: int = 2) -> ort.Infe
     session = ort.InferenceSession(model, options, providers=providers)
     if CUDA in providers and CUDA not in session.get_providers():
         session = ort.InferenceSession(model, options, providers=[CPU])
+    return session
+
+
+def open_network(spec: NetworkSpec, key: str, threads: int = 2) -> ort.InferenceSession:
+    """A session for a manifest's network ``key`` (e.g. ``encoder``), checked against the tensor
+    names the manifest declares: a damaged file or a different network is a ``ManifestError``
+    before any frame is read, not a failure on every face."""
+    try:
+        session = create_session(spec.path, threads)
+    except Exception as error:  # onnxruntime raises its own types for unreadable files
+        raise ManifestError(f"{spec.path}: cannot load the face model's {key} network ({str(error).strip()[:200]})") from None
+    for kind, declared, actual in (
+        ("inputs", spec.inputs, [tensor.name for tensor in session.get_inputs()]),
+        ("outputs", spec.outputs, [tensor.name for tensor in session.get_outputs()]),
+    ):
+        if not set(declared) <= set(actual):
+            raise ManifestError(
+                f"{spec.path}: the face model's {key} network has {kind} {sorted(actual)}, its manifest names {sorted(declared)}"
+            )
     return session
 
 

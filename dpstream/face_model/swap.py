@@ -13,7 +13,7 @@ from dpstream.face_model.alignment import MESH_POINTS, fit_similarity, five_poin
 from dpstream.face_model.errors import RenderError
 from dpstream.face_model.kernels import blend_into
 from dpstream.face_model.manifest import Manifest
-from dpstream.face_model.runtime import create_session
+from dpstream.face_model.runtime import open_network
 
 MIN_EYE_DISTANCE_PX = 8.0
 FEATHER_FRACTION = 0.12
@@ -30,8 +30,8 @@ def feathered_square(size: int) -> np.ndarray:
 class SwapModel:
     def __init__(self, manifest: Manifest, threads: int = 2):
         self.manifest = manifest
-        self.encoder = create_session(manifest.encoder.path, threads)
-        self.decoder = create_session(manifest.decoder.path, threads)
+        self.encoder = open_network(manifest.encoder, "encoder", threads)
+        self.decoder = open_network(manifest.decoder, "decoder", threads)
         (self.encoder_input, encoder_shape), = manifest.encoder.inputs.items()
         self.encoder_size = encoder_shape[2]
         self.crop_input = next(n for n, s in manifest.decoder.inputs.items() if len(s) == 4)

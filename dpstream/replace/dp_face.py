@@ -21,6 +21,7 @@ import numpy as np
 
 from dpstream.config import Config
 from dpstream.face_model import FaceModel
+from dpstream.face_model.runtime import RUNTIME_ERRORS
 from dpstream.privacy import Identity, IdentityCache, PrivacyConfig, make_mechanism
 from dpstream.replace.fallback import apply_fallback
 from dpstream.types import Faces, ReplacedFrame, VideoFrame
@@ -63,6 +64,8 @@ class DpFaceReplacer:
         self.entering = 0
         self.waiting = 0
         self.refused = 0
+        self.model_failed = 0
+        self.model_failure: str | None = None  # the first error the face model's network raised
         self.photos = 0
         self.photos_with_faces = 0
         self.reassociation_wait = privacy.reassociation_wait
@@ -111,15 +114,15 @@ class DpFaceReplacer:
                     continue
                 person = self.identities.person_for_track(track_id, frame.time, embed)
                 identities[index] = self._identity_to_decode(image, faces.landmarks[index], person)
-            except Exception:  # fail closed
-                self.refused += 1
+            except Exception as error:  # fail closed
+                self._count_refusal(error)
                 failed[index] = True
         for index, identity in identities.items():
             try:
                 self.model.render(image, faces.landmarks[index], identity)
                 self.rendered += 1
-            except Exception:  # fail closed: render raises before touching the image
-                self.refused += 1
+            except Exception as error:  # fail closed: render raises before touching the image
+                self._count_refusal(error)
                 failed[index] = True
         self.identities.end_frame(faces.track_ids[faces.track_ids >= 0], frame.time)
         for track_id in [t for t in self._new_tracks if t in self.identities or t not in faces.track_ids]:
@@ -162,6 +165,7 @@ class DpFaceReplacer:
             "provider": self.model.provider,
             **self._counts(),
             "people": len(self.identities.ledger().people),
+            "model_failure": self.model_failure,
         }
 
     def ledger(self) -> dict:
@@ -169,6 +173,12 @@ class DpFaceReplacer:
         if self.stills:
             ledger = dataclasses.replace(ledger, stills=True, linked=self.link_people)
         return {"method": self.name, "model": self.model.manifest.name, **self._counts(), **ledger.to_dict()}
+
+    def _count_refusal(self, error: Exception) -> None:
+        self.refused += 1
+        if isinstance(error, RUNTIME_ERRORS):
+            self.model_failed += 1
+            self.model_failure = self.model_failure or f"{type(error).__name__}: {str(error).strip()[:200]}"
 
     def _counts(self) -> dict:
         counts = {
@@ -179,6 +189,7 @@ class DpFaceReplacer:
             "fallbacks_entering": self.entering,  # of those: new faces still cut by the frame edge
             "fallbacks_waiting": self.waiting,  # of those: new faces held back while they may be returning people
             "fallbacks_refused": self.refused,  # of those: the face model could not encode or render it (extreme pose, ...)
+            "fallbacks_model_failed": self.model_failed,  # of those refused: the model's network itself failed
         }
         if self.stills:
             counts |= {"photos": self.photos, "photos_with_faces": self.photos_with_faces}

@@ -1,0 +1,101 @@
+"""Fault injection: a broken face model and an output that cannot be written, through the real
+command line. A model that cannot be loaded stops the run before any frame is read (exit 2); a
+model whose network fails while running leaves every face it failed on blurred (exit 4)."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from conftest import requires_shared
+from corpus import CorpusFile, source_frames, untouched_faces, write_video
+from independent import YuNet
+from onnx import TensorProto, helper, numpy_helper
+
+from dpstream.face_model import load_manifest
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """12 frames of a real one-face clip, shrunk so the face is just big enough for a dp face."""
+    frames, boxes = source_frames()
+    path = write_video(tmp_path_factory.mktemp("clip") / "face.mp4", frames)
+    return CorpusFile("clip", path, dict(enumerate(boxes)))
+
+
+def model_copy(folder, **replaced):
+    """The default model's files copied into ``folder``, with ``replaced`` (file name -> bytes)."""
+    assets = load_manifest(None).path.parent
+    for file in assets.iterdir():
+        shutil.copy(file, folder / file.name)
+    for name, data in replaced.items():
+        (folder / name).write_bytes(data)
+    return folder / "manifest.yaml"
+
+
+def anonymize(clip, output, manifest, **popen):
+    return subprocess.run(
+        [sys.executable, "-m", "dpstream", "anonymize", str(clip.path), "-o", str(output), "--model", str(manifest), "-q"],
+        capture_output=True, text=True, timeout=300, **popen,
+    )  # fmt: skip
+
+
+@requires_shared
+@pytest.mark.parametrize("fault", ["truncated", "renamed input", "missing"])
+def test_a_face_model_that_cannot_be_loaded_stops_the_run_before_any_frame(tmp_path, clip, fault):
+    encoder = (load_manifest(None).path.parent / "encoder.onnx").read_bytes()
+    if fault == "truncated":
+        manifest = model_copy(tmp_path, **{"encoder.onnx": encoder[: len(encoder) // 3]})
+        expected = "cannot load the face model's encoder network"
+    elif fault == "renamed input":
+        model = onnx.load_from_string(encoder)
+        model.graph.input[0].name = "pixels"
+        for node in model.graph.node:
+            node.input[:] = ["pixels" if name == "texture" else name for name in node.input]
+        manifest = model_copy(tmp_path, **{"encoder.onnx": model.SerializeToString()})
+        expected = "its manifest names ['shape', 'texture']"
+    else:
+        manifest = model_copy(tmp_path)
+        (tmp_path / "encoder.onnx").unlink()
+        expected = "'encoder.file' not found"
+    result = anonymize(clip, tmp_path / "out.mp4", manifest)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and expected in result.stderr and "encoder.onnx" in result.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@requires_shared
+def test_a_face_model_failing_while_running_blurs_every_face_and_exits_4(tmp_path, clip):
+    """An encoder with the right tensors that loads but is broken: it reshapes the crop to a size
+    computed at run time from the landmarks (the run fails, or returns the wrong shape)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["shape"], ["largest"], keepdims=0),
+            helper.make_node("Mul", ["largest", "zero"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "offset"], ["rows_float"]),
+            helper.make_node("Cast", ["rows_float"], ["rows"], to=TensorProto.INT64),
+            helper.make_node("Concat", ["one", "rows"], ["bad_dims"], axis=0),
+            helper.make_node("Reshape", ["texture", "bad_dims"], ["identity"]),
+        ],
+        "failing_encoder",
+        [helper.make_tensor_value_info("texture", TensorProto.FLOAT, [1, 3, 128, 128]),
+         helper.make_tensor_value_info("shape", TensorProto.FLOAT, [1, 468, 2])],
+        [helper.make_tensor_value_info("identity", TensorProto.FLOAT, [1, 128])],
+        [numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+         numpy_helper.from_array(np.array([100.0], np.float32), "offset"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )  # fmt: skip
+    failing = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    manifest = model_copy(tmp_path, **{"encoder.onnx": failing})
+    output = tmp_path / "out.mp4"
+    result = anonymize(clip, output, manifest)
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "warning: the face model failed on 12 faces (" in result.stderr
+    assert "12 frames, 12 faces, 0 people, 12 fallbacks" in result.stderr
+    assert untouched_faces(clip, output, YuNet()) == 0
+    ledger = yaml.safe_load((tmp_path / "out.mp4.ledger.json").read_text())
+    assert ledger["fallbacks_model_failed"] == 12 and ledger["people"] == []
