@@ -2,8 +2,8 @@
 
 A file run decodes, marks key frames (CenterFace runs there), finds and tracks faces, replaces
 them and encodes on five threads. PyAV, MediaPipe, LiteRT, ONNX Runtime, OpenCV and the Numba
-kernels do their work without holding the GIL, so on two cores the stages overlap. Errors raised in a background thread are raised again
-in the caller.
+kernels do their work without holding the GIL, so on two cores the stages overlap. Errors
+raised in a background thread are raised again in the caller.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ TRACKED_AHEAD = 2
 """Tracked frames waiting for replacement (file runs)."""
 MARKED_AHEAD = 8
 """Frames the key-frame stage (CenterFace on key frames) may run ahead of tracking: its cost
-comes in bursts, one key frame in ``detect_every``."""
+comes in bursts, one run in ``recall_every`` frames."""
 
 
 class Anonymizer:
