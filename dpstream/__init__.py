@@ -4,7 +4,12 @@
 importing the package (or its config) stays fast.
 """
 
+import os
 from importlib import import_module
+
+# ONNX Runtime's Linux wheels keep a device id and queued telemetry events under ~/.cache and
+# $TMPDIR unless this is set when onnxruntime is first imported (so: before any stage loads it).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from dpstream.config import Config, load_config
 from dpstream.errors import ConfigError, DpstreamError, InputError, OutputError
