@@ -5,6 +5,8 @@ Stills (photos) skip tracking: source → face finding per photo → replacer �
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from dpstream.tracker import Tracker
 from dpstream.types import Faces, ReplacedFrame, TrackedFrame, VideoFrame
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""Write errors that mean the output's disk is full or a file-size limit is reached."""
 TRACKED_AHEAD = 2
 """Tracked frames waiting for replacement (file runs)."""
 MARKED_AHEAD = 8
@@ -163,6 +167,29 @@ def anonymize(
         str(input_path), str(output_path), run_config.method, stills=stills, expected_frames=source.report.expected_frames
     )
     try:
+        _run(source, output_path, run_config, summary, stills, on_frame)
+    except OSError as error:
+        if error.errno not in OUT_OF_SPACE:
+            raise
+        if stills:
+            raise OutputError(
+                f"{output_path}: cannot be written ({os.strerror(error.errno)}); the {summary.frames} photos before are kept"
+            ) from None
+        _remove_outputs(output_path, summary)
+        raise OutputError(
+            f"{output_path}: cannot be written ({os.strerror(error.errno)}) after {summary.frames} frames; "
+            "the partial output and its ledger were removed"
+        ) from None
+    summary.input_errors = list(source.report.errors)
+    if not stills and summary.frames == 0 and summary.input_errors and not summary.interrupted:
+        _remove_outputs(output_path, summary)
+        raise InputError(f"{input_path}: no frame could be decoded ({summary.input_errors[0]})")
+    return summary
+
+
+def _run(source, output_path: Path, run_config: Config, summary: RunSummary, stills: bool, on_frame) -> None:
+    """Anonymize ``source`` into ``output_path``, filling ``summary``; the source is closed at the end."""
+    try:
         anonymizer = Anonymizer(run_config, stills=stills)
         try:
             sink = _open_sink(source, output_path, run_config)
@@ -188,24 +215,26 @@ def anonymize(
             summary.interrupted = summary.interrupted or stop.requested
             reader.close()
             try:
-                writer.close()
+                try:
+                    writer.close()
+                finally:
+                    sink.close()
+                summary.seconds = time.perf_counter() - started
+                ledger = anonymizer.replacer.ledger()
+                if ledger is not None:
+                    summary.ledger = str(write_ledger(ledger, run_config.ledger or default_ledger_path(output_path)))
+                summary.method_figures = anonymizer.replacer.summary()
             finally:
-                sink.close()
-            summary.seconds = time.perf_counter() - started
-            ledger = anonymizer.replacer.ledger()
-            if ledger is not None:
-                summary.ledger = str(write_ledger(ledger, run_config.ledger or default_ledger_path(output_path)))
-            summary.method_figures = anonymizer.replacer.summary()
-            anonymizer.close()
+                anonymizer.close()
     finally:
         source.close()
-    summary.input_errors = list(source.report.errors)
-    if not stills and summary.frames == 0 and summary.input_errors and not summary.interrupted:
-        output_path.unlink(missing_ok=True)
-        if summary.ledger:
-            Path(summary.ledger).unlink(missing_ok=True)
-        raise InputError(f"{input_path}: no frame could be decoded ({summary.input_errors[0]})")
-    return summary
+
+
+def _remove_outputs(output_path: Path, summary: RunSummary) -> None:
+    """Remove what a failed video run wrote: the output file and its ledger."""
+    output_path.unlink(missing_ok=True)
+    if summary.ledger:
+        Path(summary.ledger).unlink(missing_ok=True)
 
 
 def anonymize_frames(

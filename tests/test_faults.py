@@ -1,8 +1,12 @@
 """Fault injection: a broken face model and an output that cannot be written, through the real
 command line. A model that cannot be loaded stops the run before any frame is read (exit 2); a
-model whose network fails while running leaves every face it failed on blurred (exit 4)."""
+model whose network fails while running leaves every face it failed on blurred (exit 4); a full
+disk stops the run with one line and removes the partial output (exit 2)."""
 
+import hashlib
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -99,3 +103,22 @@ def test_a_face_model_failing_while_running_blurs_every_face_and_exits_4(tmp_pat
     assert untouched_faces(clip, output, YuNet()) == 0
     ledger = yaml.safe_load((tmp_path / "out.mp4.ledger.json").read_text())
     assert ledger["fallbacks_model_failed"] == 12 and ledger["people"] == []
+
+
+@requires_shared
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path, clip):
+    """The output's disk fills after a few frames (a 4 KB file-size limit on the run)."""
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing the run
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    digest = hashlib.sha256(clip.path.read_bytes()).hexdigest()
+    output = tmp_path / "out.mp4"
+    result = anonymize(clip, output, "default", preexec_fn=small_disk)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{output}: cannot be written (File too large) after" in result.stderr
+    assert "the partial output and its ledger were removed" in result.stderr
+    assert not output.exists() and not (tmp_path / "out.mp4.ledger.json").exists()
+    assert hashlib.sha256(clip.path.read_bytes()).hexdigest() == digest
