@@ -198,9 +198,11 @@ def _run(source, output_path: Path, run_config: Config, summary: RunSummary, sti
             raise
         started = time.perf_counter()
         stop = StopRequest()
+        ledger = RunLedger(anonymizer.replacer, run_config.ledger or default_ledger_path(output_path), summary)
         reader, writer = Prefetch(source.frames()), BackgroundCalls()
         try:
             for result in stop.handled(anonymizer.stream(stop.guard(iter(reader)))):
+                ledger.update()  # a new draw is on disk before the frame that shows it
                 writer.submit(sink.write_audio, source.drain_audio())
                 writer.submit(sink.write, result.frame)
                 summary.frames += 1
@@ -220,14 +222,34 @@ def _run(source, output_path: Path, run_config: Config, summary: RunSummary, sti
                 finally:
                     sink.close()
                 summary.seconds = time.perf_counter() - started
-                ledger = anonymizer.replacer.ledger()
-                if ledger is not None:
-                    summary.ledger = str(write_ledger(ledger, run_config.ledger or default_ledger_path(output_path)))
+                ledger.write(finished=True)
                 summary.method_figures = anonymizer.replacer.summary()
             finally:
                 anonymizer.close()
     finally:
         source.close()
+
+
+class RunLedger:
+    """The run's privacy ledger on disk, written atomically when the run starts, again whenever
+    the replacer makes a noisy release (before the frame that shows it is written), and at the
+    end (``finished``): a run killed at any point leaves a valid ledger that covers every
+    release in the output."""
+
+    def __init__(self, replacer, path: Path, summary: RunSummary):
+        self.replacer, self.path, self.summary = replacer, path, summary
+        self.written_releases = -1
+        self.update()
+
+    def update(self) -> None:
+        if self.replacer.releases != self.written_releases:
+            self.write(finished=False)
+
+    def write(self, finished: bool) -> None:
+        self.written_releases = self.replacer.releases
+        ledger = self.replacer.ledger()
+        if ledger is not None:
+            self.summary.ledger = str(write_ledger({**ledger, "finished": finished}, self.path))
 
 
 def _remove_outputs(output_path: Path, summary: RunSummary) -> None:

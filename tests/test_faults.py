@@ -1,14 +1,17 @@
 """Fault injection: a broken face model and an output that cannot be written, through the real
 command line. A model that cannot be loaded stops the run before any frame is read (exit 2); a
 model whose network fails while running leaves every face it failed on blurred (exit 4); a full
-disk stops the run with one line and removes the partial output (exit 2)."""
+disk stops the run with one line and removes the partial output (exit 2); a killed run leaves a
+valid ledger."""
 
 import hashlib
+import json
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -16,7 +19,7 @@ import pytest
 import yaml
 from conftest import requires_shared
 from corpus import CorpusFile, source_frames, untouched_faces, write_video
-from independent import YuNet
+from independent import VIDEOS, YuNet
 from onnx import TensorProto, helper, numpy_helper
 
 from dpstream.face_model import load_manifest
@@ -122,3 +125,25 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path, cli
     assert "the partial output and its ledger were removed" in result.stderr
     assert not output.exists() and not (tmp_path / "out.mp4.ledger.json").exists()
     assert hashlib.sha256(clip.path.read_bytes()).hexdigest() == digest
+
+
+@requires_shared
+def test_a_run_killed_mid_way_leaves_a_valid_ledger_covering_its_releases(tmp_path):
+    """SIGKILL (no handler can run) once the output has grown: the ledger on disk is valid JSON,
+    marked unfinished, and holds the person whose dp face the output already shows."""
+    output = tmp_path / "out.mp4"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dpstream", "anonymize", str(VIDEOS / "talking_720p_s18.mp4"), "-o", str(output), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not output.exists() or output.stat().st_size < 200_000):
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before it could be killed"
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait()
+    ledger = json.loads((tmp_path / "out.mp4.ledger.json").read_text())
+    assert ledger["finished"] is False
+    assert len(ledger["people"]) == 1 and ledger["faces_rendered"] > 0

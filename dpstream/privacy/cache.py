@@ -126,6 +126,11 @@ class IdentityCache:
             self._forget(person)
         self._tracks.clear()
 
+    @property
+    def draws(self) -> int:
+        """Noisy embeddings drawn so far (one per person record)."""
+        return len(self._records)
+
     def ledger(self) -> Ledger:
         return Ledger(self._mechanism.describe(), tuple(self._records))
 

@@ -11,6 +11,7 @@ class Replacer(Protocol):
     """Anonymizes the faces of one frame. ``faces.track_ids`` are set by the tracker."""
 
     name: str
+    releases: int  # noisy releases so far (the ledger changes exactly when this does); 0 without DP
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
         """Return the frame with every face in ``faces`` anonymized (fail-closed on errors)."""

@@ -168,6 +168,10 @@ class DpFaceReplacer:
             "model_failure": self.model_failure,
         }
 
+    @property
+    def releases(self) -> int:
+        return self.identities.draws
+
     def ledger(self) -> dict:
         ledger = self.identities.ledger()
         if self.stills:

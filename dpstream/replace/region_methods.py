@@ -16,6 +16,7 @@ from dpstream.types import Faces, ReplacedFrame, VideoFrame
 class RegionReplacer(ABC):
     """Rewrites the pixels of each face region; a face that fails gets the fallback."""
 
+    releases = 0  # no noisy release (DpPix counts its own)
     name: str
 
     def __init__(self, margin: float):
