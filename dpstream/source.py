@@ -156,12 +156,15 @@ def open_video_container(path: Path) -> av.container.InputContainer:
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
     try:
-        container = av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r", metadata_errors="replace")  # damaged tags are not fatal
     except av.error.FFmpegError as error:
         raise InputError(f"{path}: not a video file FFmpeg can read ({error.strerror})") from None
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: has no video stream")
+    if container.streams.video[0].codec_context is None:
+        container.close()
+        raise InputError(f"{path}: its video stream cannot be decoded (unknown or damaged codec parameters)")
     return container
 
 
@@ -270,7 +273,7 @@ def _first_frame_rotation(path: Path) -> int:
     Read from a separate opening so the main demuxer starts untouched.
     """
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="replace") as container:
             for frame in container.decode(video=0):
                 return int(round(frame.rotation / 90.0)) * 90 % 360
     except av.error.FFmpegError:
