@@ -1,7 +1,10 @@
-"""Fuzzing the config: any YAML document and any key=value override either loads into a valid
-``Config`` or raises ``ConfigError`` (one line naming the file or key), never another exception."""
+"""Fuzzing the config and the command line: any YAML document, key=value override or option list
+either loads into a valid ``Config`` or gives one error line naming the file or key (argparse:
+its usage message), never another exception."""
 
+import contextlib
 import dataclasses
+import io
 import tempfile
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpstream import cli
 from dpstream.config import Config, load_config
 from dpstream.errors import ConfigError
 
@@ -52,3 +56,27 @@ def test_any_bytes_as_a_config_file_load_or_are_a_config_error(data):
 @given(st.dictionaries(st.sampled_from(KEYS), values, max_size=4))
 def test_any_overrides_load_or_are_a_config_error(overrides):
     assert_loads_or_config_error(lambda: load_config(None, **overrides))
+
+
+OPTIONS = ["--method", "--epsilon", "--delta", "--detector-recall", "--config", "--model", "--ledger", "--codec",
+           "--crf", "--preset", "--overwrite", "-q", "--link-people", "-o"]  # fmt: skip
+tokens = st.one_of(st.sampled_from(OPTIONS), st.sampled_from(["dp", "blur", "1", "-3", "nan", "1e9", "high", "x", ""]), st.text(max_size=8))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arguments=st.lists(tokens, max_size=8))
+def test_any_command_line_gives_an_exit_code_and_no_traceback(tmp_path_factory, arguments):
+    """``dpstream anonymize`` with any options, on an input that does not exist: the run stops
+    with a usage error (argparse: exit 2) or one line naming the key or the file, never another
+    exception (the missing input keeps any valid combination from running the pipeline)."""
+    missing = str(tmp_path_factory.getbasetemp() / "missing.mp4")
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            code = cli.main(["anonymize", missing, "-o", str(tmp_path_factory.getbasetemp() / "out.mp4"), *arguments])
+    except SystemExit as exit:  # argparse's own usage errors
+        assert exit.code == 2
+        return
+    assert code == cli.EXIT_USAGE, stderr.getvalue()
+    lines = stderr.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dpstream: error: "), lines
