@@ -2,11 +2,11 @@
 
 Key frames (``KeyFrames``: every ``detect_every`` frames, and every scene cut) run the full
 detector; on the frames between, each track's mesh is re-fitted on a crop at its predicted
-place, which is cheaper and follows the face as closely. The mesh is fitted at the predicted place, then in the
-search box (predicted and last seen boxes joined), then where the short-range detector finds a
-face around the search box; the mesh's face-presence score says when the face is not there. A
-track whose re-fit fails is held by the tracker at its predicted place and looked for again on
-every following frame.
+place, which is cheaper and follows the face as closely. The mesh is fitted at the predicted
+place, then in the search box (predicted and last seen boxes joined), then where the
+short-range detector finds a face around the search box; the mesh's face-presence score says
+when the face is not there. A track whose re-fit fails is held by the tracker at its predicted
+place and looked for again on every following frame.
 """
 
 from __future__ import annotations

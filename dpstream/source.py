@@ -61,12 +61,6 @@ class VideoSource:
         self._pending_audio: list[av.Packet] = []
         self.report = DecodeReport([], 0, None)
         self.info = self._probe_info()
-        if max(self.info.width, self.info.height) > MAX_VIDEO_SIDE:
-            self.container.close()
-            raise InputError(
-                f"{self.path}: frames of {self.info.width}x{self.info.height}, larger than the "
-                f"{MAX_VIDEO_SIDE} px per side dpstream reads"
-            )
         self.report.expected_frames = self.info.expected_frames
 
     def _probe_info(self) -> VideoInfo:
@@ -165,6 +159,10 @@ def open_video_container(path: Path) -> av.container.InputContainer:
     if container.streams.video[0].codec_context is None:
         container.close()
         raise InputError(f"{path}: its video stream cannot be decoded (unknown or damaged codec parameters)")
+    width, height = container.streams.video[0].codec_context.width, container.streams.video[0].codec_context.height
+    if max(width, height) > MAX_VIDEO_SIDE:
+        container.close()
+        raise InputError(f"{path}: frames of {width}x{height}, larger than the {MAX_VIDEO_SIDE} px per side dpstream reads")
     return container
 
 
