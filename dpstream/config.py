@@ -20,6 +20,7 @@ from dpstream.privacy import PrivacyConfig
 METHODS = ("dp", "blur", "mosaic", "solid", "dp-pix")
 TRANSPORTS = ("tcp", "udp")
 DETECTOR_RECALL = ("normal", "high")
+REGIONS = ("face", "head")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class Config:
     """All settings of one anonymization run (see configs/default.yaml)."""
 
     method: str = "dp"
+    region: str = "face"  # dp: replace the face, or the head (hair and outline too)
     # privacy (dp and dp-pix), validated by PrivacyConfig
     mechanism: str = "gaussian"
     epsilon: float = 1.0
@@ -79,6 +81,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
+        _check_choice("region", self.region, REGIONS)
+        if self.region == "head" and self.method != "dp":
+            raise ConfigError(f"region: head is drawn by method dp only, got method {self.method!r}")
         self.privacy  # validates the privacy keys
         _check_number("min_face_score", self.min_face_score, low=0.0, high=1.0)
         _check_choice("detector_recall", self.detector_recall, DETECTOR_RECALL)
@@ -197,7 +202,8 @@ _KNOWN = {f.name: f for f in fields(Config)}
 def _check_known(values: dict[str, Any], prefix: str) -> None:
     for key in values:
         if key not in _KNOWN:
-            raise ConfigError(f"{prefix} '{key}' (known keys: {', '.join(_KNOWN)})")
+            shown = f"'{key}'" if isinstance(key, str) and key.isprintable() else repr(key)  # one line, whatever the key
+            raise ConfigError(f"{prefix} {shown} (known keys: {', '.join(_KNOWN)})")
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -23,7 +23,7 @@ from dpstream.config import Config
 from dpstream.errors import OutputError
 from dpstream.live_sink import LiveSink, PreviewWindow, live_output
 from dpstream.live_source import LiveClock, LiveInput, LiveSource
-from dpstream.privacy import default_ledger_path, write_ledger
+from dpstream.privacy import default_ledger_path
 from dpstream.types import ReplacedFrame, VideoFrame
 
 
@@ -152,6 +152,7 @@ class LiveRun:
         self.latency = LatencyHistogram()
         self.failure: BaseException | None = None
         self.summary = LiveSummary(source.url, list(outputs), config.method)
+        self.ledger = None  # RunLedger once a frame is anonymized
 
     def run(self, on_frame: Callable[[ReplacedFrame, LiveSummary], None] | None = None) -> LiveSummary:
         from dpstream.pipeline import Anonymizer  # loads MediaPipe
@@ -201,6 +202,7 @@ class LiveRun:
                         break
                     continue
                 result = anonymizer.process(frame)
+                self._update_ledger(anonymizer.replacer)  # a new draw is on disk before the frame that shows it
                 if not self.anonymized.put_waiting(result, self.stop):
                     break
         except BaseException as error:
@@ -208,6 +210,22 @@ class LiveRun:
             self.stop.set()
         finally:
             self.anonymized.close()
+
+    def _update_ledger(self, replacer, finished: bool = False) -> None:
+        """Writes the ledger from the first anonymized frame on, again after every new release
+        and when the run ends (``finished``)."""
+        from dpstream.pipeline import RunLedger
+
+        path = self._ledger_path() if self.ledger is None else self.ledger.path
+        try:
+            if self.ledger is None:
+                self.ledger = RunLedger(replacer, path, self.summary)
+            if finished:
+                self.ledger.write(finished=True)
+            else:
+                self.ledger.update()
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write the privacy ledger ({error.strerror})") from None
 
     def _write(self, on_frame, started: float) -> None:
         summary = self.summary
@@ -244,9 +262,8 @@ class LiveRun:
         summary.output_reconnections = sum(sink.reconnections for sink in self.sinks)
         summary.latency_ms = {f"p{q}": self.latency.percentile_ms(q) for q in (50, 95, 99)}
         summary.method_figures = anonymizer.replacer.summary()
-        ledger = anonymizer.replacer.ledger()
-        if ledger is not None and summary.captured:
-            summary.ledger = str(write_ledger(ledger, self._ledger_path()))
+        if self.ledger is not None:
+            self._update_ledger(anonymizer.replacer, finished=True)
 
     def _ledger_path(self) -> Path:
         if self.config.ledger:

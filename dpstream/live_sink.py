@@ -18,7 +18,7 @@ import cv2
 from dpstream.config import Config
 from dpstream.errors import OutputError
 from dpstream.live_source import LIVE_TIME_BASE, Backoff
-from dpstream.sink import X264_LIKE, encoder_frame, pixel_formats
+from dpstream.sink import X264_LIKE, check_output_folder, encoder_frame, pixel_formats
 from dpstream.types import VideoFrame
 
 NETWORK_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv", "udp": "mpegts", "srt": "mpegts", "tcp": "mpegts"}
@@ -48,8 +48,7 @@ def live_output(target: str, config: Config, overwrite: bool = False) -> LiveOut
         raise OutputError(f"{path}: is a folder; give a video file name such as out.mp4 or out.ts")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists (use --overwrite to replace it)")
-    if not path.parent.exists():
-        raise OutputError(f"{path}: folder {path.parent} does not exist")
+    check_output_folder(path)
     return LiveOutput(str(path), None, {}, network=False)
 
 

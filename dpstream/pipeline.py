@@ -25,7 +25,7 @@ from dpstream.face_tracking import FaceTracking
 from dpstream.lookahead import LookAhead
 from dpstream.privacy import default_ledger_path, write_ledger
 from dpstream.replace import make_replacer
-from dpstream.sink import ImageSink, VideoSink
+from dpstream.sink import ImageSink, VideoSink, check_output_folder
 from dpstream.source import ImageSource, VideoSource, open_source
 from dpstream.still_faces import StillFaces
 from dpstream.tracker import Tracker
@@ -169,7 +169,8 @@ def anonymize(
     try:
         _run(source, output_path, run_config, summary, stills, on_frame)
     except OSError as error:
-        if error.errno not in OUT_OF_SPACE:
+        written = {str(output_path), run_config.ledger or str(default_ledger_path(output_path))}
+        if error.errno not in OUT_OF_SPACE and not any(str(error.filename or "").startswith(path) for path in written):
             raise
         if stills:
             raise OutputError(
@@ -327,8 +328,7 @@ def _check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise OutputError(f"{output_path}: output would overwrite the input")
     if output_path.exists() and not overwrite:
         raise OutputError(f"{output_path}: already exists (use --overwrite to replace it)")
-    if not output_path.parent.exists():
-        raise OutputError(f"{output_path}: folder {output_path.parent} does not exist")
+    check_output_folder(output_path)
 
 
 def _open_sink(source, output_path: Path, config: Config) -> VideoSink | ImageSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -14,6 +15,17 @@ from dpstream.source import IMAGE_SUFFIXES, VideoInfo, VideoSource, coded
 from dpstream.types import VideoFrame
 
 X264_LIKE = ("libx264", "libx265", "h264", "hevc")
+
+
+def check_output_folder(path: Path) -> None:
+    """One line naming ``path`` when its folder is missing, not a folder or not writable (a
+    folder that refuses new files despite its permission bits is found when the run writes)."""
+    if not path.parent.exists():
+        raise OutputError(f"{path}: folder {path.parent} does not exist")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: {path.parent} is not a folder")
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"{path}: folder {path.parent} is not writable")
 
 
 class VideoSink:

@@ -1,8 +1,8 @@
 """Fault injection: a broken face model and an output that cannot be written, through the real
 command line. A model that cannot be loaded stops the run before any frame is read (exit 2); a
 model whose network fails while running leaves every face it failed on blurred (exit 4); a full
-disk stops the run with one line and removes the partial output (exit 2); a killed run leaves a
-valid ledger."""
+disk or an unwritable output path stops the run with one line and removes the partial output
+(exit 2); a killed run, file or live, leaves a valid ledger."""
 
 import hashlib
 import json
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -127,6 +128,35 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path, cli
     assert hashlib.sha256(clip.path.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's sysfs: a folder where nobody may create files")
+@pytest.mark.parametrize("where", ["under a file", "in a folder that refuses new files"])
+def test_an_unwritable_output_path_is_a_clear_error(tmp_path, clip, where):
+    """Its folder is a file, or a folder that refuses new files (sysfs refuses even root, who
+    ignores permission bits: the run finds out when it writes)."""
+    if where == "under a file":
+        (tmp_path / "notes.txt").write_text("")
+        output, message = tmp_path / "notes.txt" / "out.mp4", "notes.txt is not a folder"
+    else:
+        output, message = Path("/sys/kernel/dpstream-out.mp4"), "dpstream-out.mp4: "
+    result = anonymize(clip, output, "default")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"dpstream: error: {output}: ") and message in line
+    assert not output.exists() and not Path(f"{output}.ledger.json").exists()
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's sysfs: a folder where nobody may create files")
+def test_a_live_ledger_that_cannot_be_written_stops_the_relay_with_one_line(tmp_path):
+    ledger = Path("/sys/kernel/dpstream-relay.ledger.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "dpstream", "relay", "lavfi:testsrc2=size=320x240:rate=30", str(tmp_path / "out.mp4"),
+         "--ledger", str(ledger), "--duration", "5", "-q"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"dpstream: error: {ledger}: cannot write the privacy ledger (Permission denied)"
+
+
 @requires_shared
 def test_a_run_killed_mid_way_leaves_a_valid_ledger_covering_its_releases(tmp_path):
     """SIGKILL (no handler can run) once the output has grown: the ledger on disk is valid JSON,
@@ -147,3 +177,25 @@ def test_a_run_killed_mid_way_leaves_a_valid_ledger_covering_its_releases(tmp_pa
     ledger = json.loads((tmp_path / "out.mp4.ledger.json").read_text())
     assert ledger["finished"] is False
     assert len(ledger["people"]) == 1 and ledger["faces_rendered"] > 0
+
+
+@requires_shared
+def test_a_live_relay_killed_mid_way_leaves_a_valid_ledger(tmp_path):
+    """Live runs write the ledger from their first anonymized frame on, not only when they stop:
+    a relay killed by SIGKILL leaves valid JSON, unfinished, holding the person it released."""
+    ledger_path = tmp_path / "relay.ledger.json"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dpstream", "relay", str(VIDEOS / "talking_720p_s18.mp4"), str(tmp_path / "out.mp4"),
+         "--ledger", str(ledger_path), "--detector-recall", "normal", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (ledger_path.exists() and '"person_id"' in ledger_path.read_text()):
+            time.sleep(0.05)
+        assert run.poll() is None, "the relay ended before it could be killed"
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait()
+    ledger = json.loads(ledger_path.read_text())
+    assert ledger["finished"] is False and len(ledger["people"]) == 1

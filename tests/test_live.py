@@ -3,7 +3,6 @@ real FFmpeg peers on 127.0.0.1 (a publisher process, dpstream relaying, a listen
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import socket
@@ -347,41 +346,6 @@ def test_rtsp_relay_delivers_anonymized_frames(tmp_path):
     assert len(reader.frames) >= 20, f"reader got {len(reader.frames)} frames"
     assert summary.written >= len(reader.frames) - 1 and summary.faces > 0
     assert reader.kept and reader.kept[0].shape == (720, 1280, 3)
-    assert not leaks(reader.kept, original_descriptors())
-
-
-@requires_shared
-def test_relay_reconnects_after_the_publisher_restarts_without_a_second_draw(tmp_path):
-    """The publisher is killed and restarted, then stalls and is restarted: the relay reconnects
-    by itself, the reader gets frames again, and the person keeps one identity draw."""
-    in_url, out_url = f"rtsp://127.0.0.1:{free_port()}/in", f"rtsp://127.0.0.1:{free_port()}/out"
-    reader = RtspReader(out_url, keep_every=10)
-    reader.start()
-    relay = Relay(in_url, out_url, relay_config(tmp_path, method="dp"))
-    relay.start()
-    publisher = start_publisher(in_url, seconds=30)
-    try:
-        wait_until(lambda: len(reader.frames) >= 15, 90, "frames before the publisher is killed")
-        publisher.kill()
-        publisher.wait(10)
-        killed_at = time.monotonic()
-        publisher = start_publisher(in_url, seconds=30)
-        wait_until(lambda: sum(t > killed_at + 0.5 for t in reader.frames) >= 15, 60, "frames after the restart")
-        publisher.send_signal(signal.SIGSTOP)  # a stall: connected, but no data
-        wait_until(lambda: any("stalled" in m for m in relay.messages), 30, "the stall to be noticed")
-        publisher.kill()
-        publisher.wait(10)
-        stalled_at = time.monotonic()
-        publisher = start_publisher(in_url, seconds=30)
-        wait_until(lambda: sum(t > stalled_at + 0.5 for t in reader.frames) >= 15, 60, "frames after the stall")
-    finally:
-        publisher.kill()
-        summary = relay.finish()
-        reader.stop.set()
-        reader.join(15)
-    assert summary.source_reconnections >= 2, relay.messages
-    ledger = json.loads((tmp_path / "relay.ledger.json").read_text())
-    assert (ledger["totals"]["people"], ledger["totals"]["draws"]) == (1, 1), ledger["people"]
     assert not leaks(reader.kept, original_descriptors())
 
 

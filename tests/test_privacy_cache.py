@@ -104,6 +104,24 @@ def test_people_on_screen_together_are_never_merged():
     assert cache.ledger().to_dict()["worst_case"]["draws"] == 1  # they overlap: different people
 
 
+def test_a_face_that_jumps_while_its_old_track_is_held_keeps_its_draw():
+    """A cut or a fast move: the tracker starts a new track while it still holds (covers) the old
+    box for a few frames. The held track is not a detection, so the new one is the same person."""
+    faces = Faces(1)
+    for held, people in ((True, 1), (False, 2)):
+        cache = make_cache()
+        for frame in range(30):
+            time, live = frame / FPS, []
+            if frame < 25:  # the old track: detected up to frame 19, then held
+                cache.person_for_track(1, time, faces.embed(0, 1), held=held and frame >= 20)
+                live.append(1)
+            if frame >= 20:
+                cache.person_for_track(2, time, faces.embed(0, 2))
+                live.append(2)
+            cache.end_frame(live, time)
+        assert cache.ledger().to_dict()["totals"]["people"] == people  # a detected twin stays apart
+
+
 def test_track_switch_within_a_frame_is_reassociated():
     faces = Faces(1)
     cache = make_cache(reassociation_ttl=0.0)

@@ -35,6 +35,7 @@ class _Person:
     identity: Identity
     refs: list[np.ndarray] = field(default_factory=list)  # unit raw embeddings (memory only)
     active: set[int] = field(default_factory=set)  # its tracks seen up to the last end_frame
+    counted_time: float = float("-inf")  # last frame counted in its record's frames
 
     def wipe(self) -> None:
         for ref in self.refs:
@@ -72,14 +73,16 @@ class IdentityCache:
     def __contains__(self, track_id: int) -> bool:
         return track_id in self._tracks
 
-    def person_for_track(self, track_id: int, time: float, embed: Callable[[], np.ndarray]) -> Identity:
+    def person_for_track(self, track_id: int, time: float, embed: Callable[[], np.ndarray], held: bool = False) -> Identity:
         """The identity to render for ``track_id`` at ``time`` (seconds, non-decreasing).
 
         ``embed()`` computes the raw embedding; it is called only for a track new to the cache.
-        A new track is matched against people not yet seen at ``time`` (cosine similarity of raw
+        A new track is matched against people not detected at ``time`` (cosine similarity of raw
         embeddings ≥ ``reassociation_threshold``): a match reuses that person's noisy embedding,
         otherwise a new person is drawn. Within a frame, give known tracks (``track_id in cache``)
-        before new ones, so a person still on screen is never offered to a new track.
+        before new ones, so a person detected on screen is never offered to a new track; a track
+        ``held`` (covered where its face was last seen, not detected in this frame) leaves its
+        person open to a new track: the face that moved away faster than the tracker followed.
         """
         self._advance(time)
         person_id = self._tracks.get(track_id)
@@ -88,9 +91,11 @@ class IdentityCache:
         else:
             person = self._people[person_id]
         record = person.record
-        if record.last_time != time or record.frames == 0:
+        if person.counted_time != time:
             record.frames += 1
-        record.last_time = time
+            person.counted_time = time
+        if not held:  # the record's span is where its faces were detected: the ledger reads it
+            record.last_time = time
         return person.identity
 
     def has_absent_people(self) -> bool:
@@ -154,7 +159,7 @@ class IdentityCache:
         best, best_similarity = None, self._config.reassociation_threshold
         for person in self._people.values():
             if person.record.last_time >= time or not person.refs:
-                continue  # seen in this frame already: a different face
+                continue  # detected in this frame already: a different face
             similarity = max(float(unit @ ref) for ref in person.refs)
             if similarity >= best_similarity:
                 best, best_similarity = person, similarity

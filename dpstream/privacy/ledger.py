@@ -18,7 +18,7 @@ LEDGER_VERSION = 1
 WORST_CASE_ARGUMENT = (
     "Each person record made {draws_per_record} noisy draw(s) of its identity embedding. One real person can "
     "be split over several records when re-association fails (occlusion past the TTL, a changed look, a full "
-    "store). Two records seen at the same instant belong to different people, assuming a real face appears at "
+    "store). Two records detected at the same instant belong to different people, assuming a real face appears at "
     "most once per frame (no mirrors, screens or photos of the same person, no duplicate detections); records "
     "whose intervals only touch are conservatively treated as possibly the same person. So one real person's "
     "records are pairwise disjoint in time, and the most draws any real person can have received is the "
