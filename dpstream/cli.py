@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dpstream.config import METHODS, load_config
+from dpstream.config import METHODS, REGIONS, load_config
 from dpstream.errors import DpstreamError
 
 EXIT_OK = 0
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_method_options(command: argparse.ArgumentParser) -> None:
     """The options every command shares: method, privacy budget and face model."""
     command.add_argument("--method", choices=METHODS, help="replacement method (default: dp)")
+    command.add_argument(
+        "--region", choices=REGIONS, help="dp: redraw the face (default) or the head (hair and outline too)"
+    )
     command.add_argument("--epsilon", metavar="E", help="privacy budget ε per person (dp) or per frame (dp-pix)")
     command.add_argument("--delta", metavar="D", help="δ of the Gaussian mechanism")
     command.add_argument(
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def _anonymize(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
-        for key in ("method", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset", "link_people")
+        for key in ("method", "region", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset", "link_people")
         if getattr(args, key) is not None
     }
     config = load_config(args.config, **overrides)
@@ -141,7 +144,7 @@ def _anonymize(args: argparse.Namespace) -> int:
 
 
 def _live(args: argparse.Namespace) -> int:
-    keys = ("method", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset",
+    keys = ("method", "region", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset",
             "capture_size", "capture_fps", "capture_pixel_format", "listen", "transport")
     overrides = {key: getattr(args, key, None) for key in keys if getattr(args, key, None) is not None}
     if args.config is None:

@@ -1,11 +1,14 @@
 """Contact sheets of the DP face model: original | anonymized, for shared videos and LFW eval faces.
 
     python tools/contact_sheet.py            # ~1 min on 2 cores
+    python tools/contact_sheet.py --only head
 
 Writes ``benchmarks/results/face_model_videos.png`` (two frames from each shared clip, faces
 found by the pipeline's own ``FaceFinder``: the frame before/after, then each face zoomed,
 before/after), ``benchmarks/results/face_model_closeup.png`` (the faces of the large-face
-clips at 1:1, no resampling: before | after) and ``benchmarks/results/face_model_lfw.png``
+clips at 1:1, no resampling: before | after), ``benchmarks/results/face_model_head.png`` (the
+video frames: original | ``region: face`` | ``region: head``, the same draws) and
+``benchmarks/results/face_model_lfw.png``
 (LFW eval faces: original | ε | ε with the built-in model ``fitted`` (the same noise, fitted to
 the head) | ε = ∞ | the face ``fitted`` predicts from the head alone, for a zero release). Each
 face gets one noisy identity (analytic Gaussian, δ = 1e-5, fixed seed, then the model's
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dpstream.face_finder import FaceFinder  # noqa: E402
 from dpstream.face_model import FaceModel, RenderError  # noqa: E402
+from dpstream.head import HeadPainter, face_luminance, hair_style  # noqa: E402
 from dpstream.privacy.analytic import analytic_gaussian_sigma  # noqa: E402
 from dpstream.types import VideoFrame  # noqa: E402
 from tools.prepare_lfw import LANDMARKS_PATH, REPO_ROOT, shared_dir  # noqa: E402
@@ -89,8 +93,9 @@ def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def anonymized_clip_frames(model: FaceModel, clip: str, epsilon: float, rng, finder: FaceFinder):
-    """(frame, anonymized frame, landmarks of each face) at ``FRAME_FRACTIONS`` of a clip; a face
-    near one seen before in the clip is taken for the same person (its identity is kept)."""
+    """(frame, anonymized frame, (landmarks, identity decoded) of each face) at ``FRAME_FRACTIONS``
+    of a clip; a face near one seen before in the clip is taken for the same person (its identity
+    is kept)."""
     frames = read_frames(shared_dir() / "data" / "videos" / clip, FRAME_FRACTIONS)
     people: list[tuple[np.ndarray, np.ndarray]] = []  # (face centre, identity to decode) in this clip
     for index, image in enumerate(frames):
@@ -111,7 +116,7 @@ def anonymized_clip_frames(model: FaceModel, clip: str, epsilon: float, rng, fin
             plans.append((landmarks, nearest[1]))
         for landmarks, identity in plans:
             render_or_mark(model, anonymized, landmarks, identity)
-        yield image, anonymized, [landmarks for landmarks, _ in plans]
+        yield image, anonymized, plans
 
 
 def anonymized_frames(model: FaceModel, clips: tuple[str, ...], epsilon: float, seed: int):
@@ -128,7 +133,7 @@ def anonymized_frames(model: FaceModel, clips: tuple[str, ...], epsilon: float, 
 def closeup_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
     tiles = []
     for image, anonymized, faces in anonymized_frames(model, CLOSEUP_CLIPS, epsilon, seed):
-        for landmarks in faces:
+        for landmarks, _ in faces:
             height, width = image.shape[:2]
             x0, y0 = np.clip(landmarks.min(0) - 0.15 * (landmarks.max(0) - landmarks.min(0)), 0, None).astype(int)
             x1, y1 = (np.minimum(landmarks.max(0) + 0.15 * (landmarks.max(0) - landmarks.min(0)), (width, height))).astype(int)
@@ -140,8 +145,23 @@ def video_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
     rows = []
     for image, anonymized, faces in anonymized_frames(model, CLIPS, epsilon, seed):
         tiles = [fit_height(image, FRAME_HEIGHT), fit_height(anonymized, FRAME_HEIGHT)]
-        for landmarks in faces:
+        for landmarks, _ in faces:
             tiles += [face_crop(image, landmarks), face_crop(anonymized, landmarks)]
+        rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles]))
+    return stack_rows(rows)
+
+
+def head_sheet(model: FaceModel, epsilon: float, seed: int) -> np.ndarray:
+    """Per frame: the original, ``region: face`` and ``region: head`` (the same draws)."""
+    painter, styles = HeadPainter(), {}
+    rows = []
+    for image, anonymized, faces in anonymized_frames(model, CLIPS, epsilon, seed):
+        head = anonymized.copy()
+        for landmarks, identity in faces:
+            key = identity.tobytes()
+            styles.setdefault(key, hair_style(identity, face_luminance(anonymized, landmarks)))
+            painter.paint(head, landmarks, styles[key], image)
+        tiles = [fit_height(image, FRAME_HEIGHT), fit_height(anonymized, FRAME_HEIGHT), fit_height(head, FRAME_HEIGHT)]
         rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles]))
     return stack_rows(rows)
 
@@ -169,17 +189,27 @@ def lfw_sheet(model: FaceModel, epsilon: float, seed: int, count: int = 12) -> n
     return np.hstack([np.vstack(tiles[:half]), np.full((200 * half, 8, 3), 255, np.uint8), np.vstack(tiles[half:])])
 
 
+SHEETS = {
+    "lfw": ("face_model_lfw.png", lfw_sheet),
+    "videos": ("face_model_videos.png", video_sheet),
+    "closeup": ("face_model_closeup.png", closeup_sheet),
+    "head": ("face_model_head.png", head_sheet),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--manifest", default=None)
+    parser.add_argument("--only", choices=tuple(SHEETS), help="write this sheet only")
     args = parser.parse_args()
     model = FaceModel.load(args.manifest)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    for name, sheet in (("face_model_lfw.png", lfw_sheet(model, args.epsilon, args.seed)),
-                        ("face_model_videos.png", video_sheet(model, args.epsilon, args.seed)),
-                        ("face_model_closeup.png", closeup_sheet(model, args.epsilon, args.seed))):  # fmt: skip
+    for key, (name, make) in SHEETS.items():
+        if args.only not in (None, key):
+            continue
+        sheet = make(model, args.epsilon, args.seed)
         cv2.imwrite(str(RESULTS_DIR / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         print(RESULTS_DIR / name)
 

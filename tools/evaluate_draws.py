@@ -18,6 +18,7 @@ face that looks like the person.
 
     python tools/evaluate_draws.py                     # 20 draws, ε 1 and 0.01, every 5th frame (~20 min)
     python tools/evaluate_draws.py --videos closeup_512_d3.mp4 --draws 5 --no-report
+    python tools/evaluate_draws.py --region head --draws 40 --videos portrait_720x1280_d13.mp4,multiface_640x360_hamilton.mp4
 
 Writes ``benchmarks/results/leak_draws.md`` unless ``--no-report``.
 """
@@ -61,7 +62,7 @@ class SampledFrame:
 
 def sample_clip(video: Path, config: Config, every: int) -> list[SampledFrame]:
     """Every ``every``-th frame of ``video`` with the faces the default pipeline tracks in it."""
-    anonymizer = Anonymizer(dataclasses.replace(config, method="blur"))  # tracking only; no replacement
+    anonymizer = Anonymizer(dataclasses.replace(config, method="blur", region="face"))  # tracking only; no replacement
     source = VideoSource(video)
     try:
         return [SampledFrame(item.frame, item.faces) for item in anonymizer.tracked(source.frames()) if item.frame.index % every == 0]
@@ -84,7 +85,7 @@ class DrawResult:
 def judge_draw(clip: list[SampledFrame], video: str, model: FaceModel, config: Config, epsilon: float, draw: int,
                judges: Judges, cache: DescriptorCache) -> DrawResult:  # fmt: skip
     privacy = dataclasses.replace(config, epsilon=epsilon).privacy
-    replacer = DpFaceReplacer(model, privacy, min_face_px=config.dp_min_face_px, testing_seed=draw)
+    replacer = DpFaceReplacer(model, privacy, min_face_px=config.dp_min_face_px, testing_seed=draw, region=config.region)
     result = DrawResult(video, epsilon, draw, 0, 0, [], float("inf"))
     for sampled in clip:
         output = dataclasses.replace(sampled.frame, image=sampled.frame.image.copy())
@@ -120,7 +121,7 @@ def summary_rows(results: list[DrawResult]) -> list[str]:
     return lines
 
 
-def write_report(results: list[DrawResult], command: str, seconds: float, every: int) -> None:
+def write_report(results: list[DrawResult], command: str, seconds: float, every: int, report: Path) -> None:
     lines = [
         "# `dp` leaks per noise draw on the shared real videos",
         "",
@@ -132,8 +133,8 @@ def write_report(results: list[DrawResult], command: str, seconds: float, every:
     for r in results:
         if r.leak_frames:
             lines.append(f"- {r.video}, ε {r.epsilon:g}, draw {r.draw}: frames {frame_runs(r.leak_frames)}")
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--epsilons", default="1,0.01", help="ε values (comma-separated)")
     parser.add_argument("--every", type=int, default=5, help="judge every Nth frame")
     parser.add_argument("--model", default=None, help="face model manifest or built-in name (default: the config's)")
+    parser.add_argument("--region", choices=("face", "head"), default="face", help="what dp redraws (head: report leak_draws_head.md)")
     parser.add_argument("--no-report", action="store_true", help=f"print only, do not write {REPORT.relative_to(REPO_ROOT)}")
     args = parser.parse_args()
     try:
@@ -153,7 +155,7 @@ def main() -> None:
         parser.error("--draws and --every must be ≥ 1 and every ε > 0")
     names = shared_video_names(args.videos, parser)
     started = time.perf_counter()
-    config = load_config(None)
+    config = load_config(None, region=args.region)
     model = FaceModel.load(args.model or config.model)
     judges = Judges.load()
     results: list[DrawResult] = []
@@ -171,8 +173,9 @@ def main() -> None:
     print("\n".join(summary_rows(results)))
     if not args.no_report:
         command = "python tools/evaluate_draws.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        write_report(results, command.strip(), seconds, args.every)
-        print(f"-> {REPORT}")
+        report = REPORT if args.region == "face" else REPORT.with_name(f"leak_draws_{args.region}.md")
+        write_report(results, command.strip(), seconds, args.every, report)
+        print(f"-> {report}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 face -> encoder (raw identity, clipped) -> privacy core (noise once per person, post-processed
 to a typical norm) -> with a context stage (model ``fitted``), fitted to the head around the
-face (once per person, from its first rendered frame) -> decoder with this frame's pose/expression -> warp back and blend.
+face (once per person, from its first rendered frame) -> decoder with this frame's pose/expression -> warp back and blend
+-> with ``region: head``, generated hair over the head around it (``dpstream/head.py``).
 Raw identities live only inside the identity cache, in memory; any face that cannot be
 encoded or rendered gets the fail-closed fallback.
 
@@ -23,7 +24,8 @@ from dpstream.config import Config
 from dpstream.face_model import FaceModel
 from dpstream.face_model.runtime import RUNTIME_ERRORS
 from dpstream.privacy import Identity, IdentityCache, PrivacyConfig, make_mechanism
-from dpstream.replace.fallback import apply_fallback
+from dpstream.head import HEAD_FALLBACK_MARGIN, HairStyle, HeadPainter, face_luminance, hair_style
+from dpstream.replace.fallback import FALLBACK_MARGIN, apply_fallback
 from dpstream.types import Faces, ReplacedFrame, VideoFrame
 
 
@@ -48,8 +50,11 @@ class DpFaceReplacer:
         *,
         stills: bool = False,
         link_people: bool = False,
+        region: str = "face",
     ):
         self.model = model
+        self.head = HeadPainter() if region == "head" else None
+        self._hair: OrderedDict[int, HairStyle] = OrderedDict()  # person id -> generated hair (region head)
         self.min_face_px = min_face_px
         self.stills = stills
         self.link_people = link_people or not stills
@@ -80,6 +85,7 @@ class DpFaceReplacer:
             min_face_px=config.dp_min_face_px,
             stills=stills,
             link_people=config.link_people,
+            region=config.region,
         )
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
@@ -101,6 +107,7 @@ class DpFaceReplacer:
         self.entering += int(entering.sum())
         failed |= entering
         identities: dict[int, np.ndarray] = {}
+        people: dict[int, Identity] = {}
         # known tracks first (the cache asks for this), and every new person is encoded from the
         # untouched frame before any face is redrawn
         pending = sorted(np.flatnonzero(~failed), key=lambda i: int(faces.track_ids[i]) not in self.identities)
@@ -112,11 +119,13 @@ class DpFaceReplacer:
                     self.waiting += 1
                     failed[index] = True
                     continue
-                person = self.identities.person_for_track(track_id, frame.time, embed)
+                held = faces.held is not None and bool(faces.held[index])
+                person = people[index] = self.identities.person_for_track(track_id, frame.time, embed, held)
                 identities[index] = self._identity_to_decode(image, faces.landmarks[index], person)
             except Exception as error:  # fail closed
                 self._count_refusal(error)
                 failed[index] = True
+        original = image.copy() if self.head is not None and identities else None
         for index, identity in identities.items():
             try:
                 self.model.render(image, faces.landmarks[index], identity)
@@ -124,10 +133,20 @@ class DpFaceReplacer:
             except Exception as error:  # fail closed: render raises before touching the image
                 self._count_refusal(error)
                 failed[index] = True
+        if original is not None:
+            for index in identities:
+                if failed[index]:
+                    continue
+                try:
+                    self.head.paint(image, faces.landmarks[index], self._hair_of(image, faces.landmarks[index], people[index]), original)
+                except Exception as error:  # fail closed: the whole head gets the fallback
+                    self._count_refusal(error)
+                    failed[index] = True
         self.identities.end_frame(faces.track_ids[faces.track_ids >= 0], frame.time)
         for track_id in [t for t in self._new_tracks if t in self.identities or t not in faces.track_ids]:
             del self._new_tracks[track_id]
-        fallbacks = apply_fallback(image, faces.select(failed)) if failed.any() else 0
+        margin = FALLBACK_MARGIN if self.head is None else HEAD_FALLBACK_MARGIN
+        fallbacks = apply_fallback(image, faces.select(failed), margin) if failed.any() else 0
         self.fallbacks += fallbacks
         return ReplacedFrame(frame, faces, fallbacks)
 
@@ -141,6 +160,16 @@ class DpFaceReplacer:
                 self._conditioned.popitem(last=False)
         self._conditioned.move_to_end(person.person_id)
         return identity
+
+    def _hair_of(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> HairStyle:
+        """The person's generated hair, chosen on its first painted frame (from the rendered face's tone), then kept."""
+        style = self._hair.get(person.person_id)
+        if style is None:
+            style = self._hair[person.person_id] = hair_style(person.noisy_embedding, face_luminance(image, landmarks))
+            if len(self._hair) > CONDITIONED_PEOPLE_KEPT:
+                self._hair.popitem(last=False)
+        self._hair.move_to_end(person.person_id)
+        return style
 
     def _embedding_to_use(self, image: np.ndarray, landmarks: np.ndarray, track_id: int, time: float):
         """How ``person_for_track`` gets the raw embedding of this face: a callable, or None while

@@ -38,11 +38,11 @@ def heavy_blur(image: np.ndarray, region: FaceRegion) -> np.ndarray:
     return blurred[region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0]
 
 
-def apply_fallback(image: np.ndarray, faces: Faces) -> int:
+def apply_fallback(image: np.ndarray, faces: Faces, margin: float = FALLBACK_MARGIN) -> int:
     """Heavily blur each face's region (with a wide margin); returns how many were covered."""
     count = 0
     for box, landmarks in zip(faces.boxes, faces.landmarks):
-        region = face_region(box, landmarks, FALLBACK_MARGIN, image.shape)
+        region = face_region(box, landmarks, margin, image.shape)
         if region is None:
             continue
         paste(image, region, heavy_blur(image, region))
