@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -179,7 +179,7 @@ class SoakResult:
     closest_distance: float
     ledger: dict
     relay_exit: int
-    relay_messages: list[str] = field(default_factory=list)
+    relay_messages: list[str]
 
     @property
     def start(self) -> ProcessSample:
@@ -309,7 +309,7 @@ def wait_for(condition, seconds: float, what: str, relay: subprocess.Popen | Non
         time.sleep(0.1)
 
 
-def report(result: SoakResult, command: str) -> str:
+def markdown_report(result: SoakResult, command: str) -> str:
     """The figures as Markdown: resources at start, end and peak, frames, leaks, the event log."""
     peak = max(result.samples, key=lambda s: s.rss_mb)
     rss = np.array([s.rss_mb for s in result.samples])
@@ -351,7 +351,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "soak.md")
     args = parser.parse_args()
     command = "python benchmarks/soak.py " + " ".join(sys.argv[1:])
-    text = report(soak(args.minutes, args.event_every, args.judge_every), command.strip())
+    text = markdown_report(soak(args.minutes, args.event_every, args.judge_every), command.strip())
     print(text)
     args.output.write_text(text)
 

@@ -214,11 +214,11 @@ class LiveRun:
     def _update_ledger(self, replacer, finished: bool = False) -> None:
         """Writes the ledger from the first anonymized frame on, again after every new release
         and when the run ends (``finished``)."""
-        from dpstream.pipeline import RunLedger
-
         path = self._ledger_path() if self.ledger is None else self.ledger.path
         try:
             if self.ledger is None:
+                from dpstream.pipeline import RunLedger  # loaded with the anonymizer already
+
                 self.ledger = RunLedger(replacer, path, self.summary)
             if finished:
                 self.ledger.write(finished=True)

@@ -156,10 +156,11 @@ def open_video_container(path: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: has no video stream")
-    if container.streams.video[0].codec_context is None:
+    codec = container.streams.video[0].codec_context
+    if codec is None:
         container.close()
         raise InputError(f"{path}: its video stream cannot be decoded (unknown or damaged codec parameters)")
-    width, height = container.streams.video[0].codec_context.width, container.streams.video[0].codec_context.height
+    width, height = codec.width, codec.height
     if max(width, height) > MAX_VIDEO_SIDE:
         container.close()
         raise InputError(f"{path}: frames of {width}x{height}, larger than the {MAX_VIDEO_SIDE} px per side dpstream reads")

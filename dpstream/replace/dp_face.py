@@ -32,8 +32,20 @@ from dpstream.types import Faces, ReplacedFrame, VideoFrame
 MIN_INSIDE_TO_ENCODE = 0.95
 """A new track is encoded (and its person matched or drawn) once this much of its mesh is in the frame."""
 CONDITIONED_PEOPLE_KEPT = 4096
-"""People whose head-fitted identity is kept (most recently rendered first); one forgotten and seen
-again is fitted again, from that frame."""
+"""People whose head-fitted identity (and generated hair, ``region: head``) is kept, most recently
+rendered first."""
+
+
+def kept_per_person(kept: OrderedDict, person_id: int, make):
+    """``kept[person_id]``, made by ``make()`` the first time; the ``CONDITIONED_PEOPLE_KEPT`` people
+    used most recently are kept (one forgotten and seen again is made again, from that frame)."""
+    value = kept.get(person_id)
+    if value is None:
+        value = kept[person_id] = make()
+        if len(kept) > CONDITIONED_PEOPLE_KEPT:
+            kept.popitem(last=False)
+    kept.move_to_end(person_id)
+    return value
 
 
 class DpFaceReplacer:
@@ -153,23 +165,11 @@ class DpFaceReplacer:
     def _identity_to_decode(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> np.ndarray:
         """The person's release fitted to the head around it, from the first frame it is rendered in
         (the untouched frame), then kept: the face stays the same from frame to frame."""
-        identity = self._conditioned.get(person.person_id)
-        if identity is None:
-            identity = self._conditioned[person.person_id] = self.model.condition(image, landmarks, person.noisy_embedding)
-            if len(self._conditioned) > CONDITIONED_PEOPLE_KEPT:
-                self._conditioned.popitem(last=False)
-        self._conditioned.move_to_end(person.person_id)
-        return identity
+        return kept_per_person(self._conditioned, person.person_id, lambda: self.model.condition(image, landmarks, person.noisy_embedding))
 
     def _hair_of(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> HairStyle:
         """The person's generated hair, chosen on its first painted frame (from the rendered face's tone), then kept."""
-        style = self._hair.get(person.person_id)
-        if style is None:
-            style = self._hair[person.person_id] = hair_style(person.noisy_embedding, face_luminance(image, landmarks))
-            if len(self._hair) > CONDITIONED_PEOPLE_KEPT:
-                self._hair.popitem(last=False)
-        self._hair.move_to_end(person.person_id)
-        return style
+        return kept_per_person(self._hair, person.person_id, lambda: hair_style(person.noisy_embedding, face_luminance(image, landmarks)))
 
     def _embedding_to_use(self, image: np.ndarray, landmarks: np.ndarray, track_id: int, time: float):
         """How ``person_for_track`` gets the raw embedding of this face: a callable, or None while
