@@ -1,6 +1,6 @@
 """dpstream: face anonymization for video with a differential-privacy guarantee.
 
-``anonymize`` and ``anonymize_frames`` load MediaPipe and the face model on first use, so
+``anonymize``, ``anonymize_frames`` and ``batch`` (on Ray) load MediaPipe and the face model on first use, so
 importing the package (or its config) stays fast.
 """
 
@@ -23,6 +23,8 @@ _PIPELINE_NAMES = ("Anonymizer", "RunSummary", "anonymize", "anonymize_frames")
 def __getattr__(name: str):
     if name in _PIPELINE_NAMES:
         return getattr(import_module("dpstream.pipeline"), name)
+    if name in ("batch", "BatchSummary"):
+        return getattr(import_module("dpstream.batch"), name)
     raise AttributeError(f"module 'dpstream' has no attribute {name!r}")
 
 
@@ -34,7 +36,9 @@ __all__ = [
     "InputError",
     "OutputError",
     "ReplacedFrame",
+    "BatchSummary",
     "VideoFrame",
+    "batch",
     "load_config",
     *_PIPELINE_NAMES,
 ]

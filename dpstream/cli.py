@@ -1,4 +1,4 @@
-"""The ``dpstream`` command line: ``dpstream anonymize INPUT -o OUTPUT``, ``dpstream webcam``, ``dpstream relay``."""
+"""The ``dpstream`` command line: ``dpstream anonymize INPUT -o OUTPUT``, ``dpstream batch``, ``dpstream webcam``, ``dpstream relay``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from dpstream.batch import DEFAULT_CHUNK_SECONDS
 from dpstream.config import METHODS, REGIONS, load_config
 from dpstream.errors import DpstreamError
 
@@ -53,6 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="x264/x265 speed preset (default: veryfast)")
     run.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    many = commands.add_parser("batch", help="anonymize many videos on Ray (local, or a cluster), long ones split at key frames")
+    many.add_argument(
+        "inputs", metavar="INPUT", nargs="+",
+        help="video files, folders (searched recursively), globs, or .txt files listing paths (one a line)",
+    )  # fmt: skip
+    many.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (a rerun into it resumes)")
+    many.add_argument("--address", metavar="auto|HOST:PORT", help="a running Ray cluster (default: start a local one)")
+    many.add_argument("--workers", type=int, metavar="N", help="parts processed at once (default: one per CPU)")
+    many.add_argument(
+        "--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS, metavar="S",
+        help=f"split videos at key frames about every S seconds, processed in parallel (0: whole files; default {DEFAULT_CHUNK_SECONDS:g})",
+    )  # fmt: skip
+    many.add_argument(
+        "--registry", choices=("run", "file"), default="run",
+        help="one draw per person across the whole run (default) or within each file",
+    )  # fmt: skip
+    many.add_argument("--config", metavar="FILE", help="YAML config (keys as in configs/default.yaml)")
+    _add_method_options(many)
+    many.add_argument("--codec", help="video encoder (default: libx264)")
+    many.add_argument("--crf", metavar="N", help="x264/x265 quality, 0-51 (default: 20)")
+    many.add_argument("--preset", help="x264/x265 speed preset (default: veryfast)")
+    many.add_argument("--overwrite", action="store_true", help="replace files in OUTDIR that are not finished outputs of this run")
+    many.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     webcam = commands.add_parser("webcam", help="anonymize a webcam live, into a preview window, a file or a stream URL")
     webcam.add_argument("device", metavar="DEVICE", nargs="?", help="camera index or name, /dev/videoN (default: the first camera)")
     webcam.add_argument("--size", dest="capture_size", metavar="WxH", help="capture size, e.g. 1280x720")
@@ -103,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        if args.command == "batch":
+            return _batch(args)
         return _live(args) if args.command in ("webcam", "relay") else _anonymize(args)
     except DpstreamError as error:
         print(f"dpstream: error: {error}", file=sys.stderr)
@@ -141,6 +167,40 @@ def _anonymize(args: argparse.Namespace) -> int:
     if summary.method_figures.get("fallbacks_model_failed"):
         return EXIT_MODEL_FAILED
     return EXIT_INPUT_DAMAGED if summary.input_errors else EXIT_OK
+
+
+def _batch(args: argparse.Namespace) -> int:
+    overrides = {
+        key: getattr(args, key)
+        for key in ("method", "region", "epsilon", "delta", "detector_recall", "model", "codec", "crf", "preset")
+        if getattr(args, key) is not None
+    }
+    config = load_config(args.config, **overrides)
+    from dpstream.batch import batch
+
+    progress = BatchProgress(enabled=not args.quiet)
+    try:
+        summary = batch(args.inputs, args.output, config=config, address=args.address, workers=args.workers,
+                        chunk_seconds=args.chunk_seconds or None, registry=args.registry, overwrite=args.overwrite,
+                        on_progress=progress.update)
+    finally:
+        progress.close()
+    lines = []
+    if summary.interrupted:
+        lines.append(f"interrupted: {summary.done + summary.skipped} of {summary.files} files finished; "
+                     "the same command again continues")
+    lines.append(
+        f"{summary.done} files anonymized ({summary.frames} frames, {summary.parts} parts, {summary.workers} workers, "
+        f"{summary.seconds:.1f} s), {summary.skipped} already done, {len(summary.failed)} failed -> {summary.outdir}"
+    )
+    lines += [f"warning: {name}: {error}" for name, error in summary.failed.items()]
+    if summary.ledger:
+        lines.append(f"privacy ledger of the run: {summary.ledger}")
+    for line in lines:
+        print(f"dpstream: {line}", file=sys.stderr)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_INPUT_DAMAGED if summary.failed else EXIT_OK
 
 
 def _live(args: argparse.Namespace) -> int:
@@ -228,6 +288,28 @@ class ProgressBar:
             unit = "photo" if summary.stills else "frame"
             self.bar = tqdm(total=summary.expected_frames, unit=unit, desc=self.label, file=sys.stderr, dynamic_ncols=True)
         self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class BatchProgress:
+    """A frames progress bar over the whole batch on stderr, with files done beside it."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def update(self, frames: int, expected: int | None, summary) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=expected, unit="frame", desc="batch", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(max(0, frames - self.bar.n))
+        self.bar.set_postfix_str(f"files {summary.done + summary.skipped}/{summary.files}", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

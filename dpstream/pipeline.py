@@ -48,9 +48,10 @@ class Anonymizer:
     ``tracked``/``stream`` delay frames by the look-ahead buffer, so that later frames can fill
     gaps in earlier ones and detection can run every ``detect_every`` frames only (files).
     ``stills`` (unrelated photos): each frame is searched on its own, nothing is tracked.
+    ``registry`` (a ``ScopedRegistry``): people are matched and drawn there (batch runs).
     """
 
-    def __init__(self, config: Config, stills: bool = False):
+    def __init__(self, config: Config, stills: bool = False, registry=None):
         # BLAS worker threads spin between calls on the cores the stages need; dpstream's
         # matrices are small. One BLAS thread for the process from here on.
         threadpool_limits(limits=1, user_api="blas")
@@ -59,7 +60,7 @@ class Anonymizer:
         # detection on every frame unless the look-ahead of ``tracked`` covers faces found late
         self.tracking = FaceTracking(self.finder, Tracker(hold_seconds=config.hold_seconds), detect_every=1)
         self.stills = StillFaces(self.finder) if stills else None
-        self.replacer = make_replacer(config, stills=stills)
+        self.replacer = make_replacer(config, stills=stills, registry=registry)
 
     def process(self, frame: VideoFrame) -> ReplacedFrame:
         return self.replacer.replace(frame, self._faces_now(frame))
@@ -167,7 +168,7 @@ def anonymize(
         str(input_path), str(output_path), run_config.method, stills=stills, expected_frames=source.report.expected_frames
     )
     try:
-        _run(source, output_path, run_config, summary, stills, on_frame)
+        run_source(source, output_path, run_config, summary, stills, on_frame)
     except OSError as error:
         written = {str(output_path), run_config.ledger or str(default_ledger_path(output_path))}
         if error.errno not in OUT_OF_SPACE and not any(str(error.filename or "").startswith(path) for path in written):
@@ -188,10 +189,10 @@ def anonymize(
     return summary
 
 
-def _run(source, output_path: Path, run_config: Config, summary: RunSummary, stills: bool, on_frame) -> None:
+def run_source(source, output_path: Path, run_config: Config, summary: RunSummary, stills: bool, on_frame, registry=None) -> None:
     """Anonymize ``source`` into ``output_path``, filling ``summary``; the source is closed at the end."""
     try:
-        anonymizer = Anonymizer(run_config, stills=stills)
+        anonymizer = Anonymizer(run_config, stills=stills, registry=registry)
         try:
             sink = _open_sink(source, output_path, run_config)
         except OutputError:

@@ -31,7 +31,9 @@ def check_output_folder(path: Path) -> None:
 class VideoSink:
     """Encodes frames with the source's own timestamps and copies its audio packets bit-exactly.
 
-    The source's display rotation, colour tags and metadata are kept.
+    The source's display rotation, colour tags and metadata are kept. With ``video_template``
+    (a stream of already encoded frames: a batch run's parts) nothing is encoded: its packets
+    are muxed with ``write_packet``.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class VideoSink:
         codec: str = "libx264",
         crf: int = 20,
         preset: str = "veryfast",
+        video_template: av.video.stream.VideoStream | None = None,
     ):
         self.path = Path(path)
         info = source.info
@@ -49,7 +52,12 @@ class VideoSink:
         except (av.error.FFmpegError, ValueError) as error:
             raise OutputError(f"{self.path}: cannot write this file ({error})") from None
         try:
-            self.video = self._add_video_stream(info, source, codec, crf, preset)
+            self.encoding = video_template is None
+            self.video = (
+                self._add_video_stream(info, source, codec, crf, preset) if self.encoding
+                else self.container.add_stream_from_template(video_template)
+            )  # fmt: skip
+            self.video.time_base = info.time_base
             self.audio = {
                 stream.index: self.container.add_stream_from_template(stream) for stream in source.audio_streams
             }
@@ -61,6 +69,8 @@ class VideoSink:
             raise OutputError(f"{self.path}: cannot set up the output streams ({error})") from None
         self.container.metadata.update(source.container.metadata)
         self.rotation = info.rotation
+        if not self.encoding:
+            self._copy_stream_tags(source, info)
 
     def _add_video_stream(
         self, info: VideoInfo, source: VideoSource, codec: str, crf: int, preset: str
@@ -72,7 +82,6 @@ class VideoSink:
         if stream.type != "video":
             raise OutputError(f"--codec: {codec!r} is not a video encoder")
         stream.width, stream.height = info.width, info.height
-        stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         stream.pix_fmt = output_pixel_format(pixel_formats(stream), info.width, info.height)
         source_context = source.video_stream.codec_context
@@ -80,12 +89,16 @@ class VideoSink:
             setattr(stream.codec_context, tag, getattr(source_context, tag))
         if codec in X264_LIKE:
             stream.options = {"crf": str(crf), "preset": preset}
-        stream.metadata.update(
+        self.video = stream
+        self._copy_stream_tags(source, info)
+        return stream
+
+    def _copy_stream_tags(self, source: VideoSource, info: VideoInfo) -> None:
+        self.video.metadata.update(
             {k: v for k, v in source.video_stream.metadata.items() if k.lower() in ("language", "handler_name", "title")}
         )
         if info.rotation:
-            stream.set_display_rotation(info.rotation)
-        return stream
+            self.video.set_display_rotation(info.rotation)
 
     def write(self, frame: VideoFrame) -> None:
         video_frame = encoder_frame(coded(frame.image, self.rotation), self.video.pix_fmt)
@@ -96,6 +109,11 @@ class VideoSink:
                 self.container.mux(packet)
         except av.error.FFmpegError as error:
             raise OutputError(f"{self.path}: encoding failed ({error})") from None
+
+    def write_packet(self, packet: av.Packet) -> None:
+        """Mux an encoded video packet (``video_template`` sinks)."""
+        packet.stream = self.video
+        self.container.mux(packet)
 
     def write_audio(self, packets: list[av.Packet]) -> None:
         for packet in packets:
@@ -111,7 +129,7 @@ class VideoSink:
     def close(self) -> None:
         """Flush the encoder and finalize the file (playable even after an interruption)."""
         try:
-            for packet in self.video.encode(None):
+            for packet in self.video.encode(None) if self.encoding else ():
                 self.container.mux(packet)
         finally:
             self.container.close()

@@ -35,6 +35,16 @@ class VideoInfo:
     duration: float | None  # seconds, when the container says
 
 
+@dataclass(frozen=True, slots=True)
+class FrameSpan:
+    """A stretch of a video between key frames: frames with ``start_pts <= pts < end_pts`` (None:
+    from the start / to the end); ``first_index`` is the index of its first frame in the file."""
+
+    start_pts: int | None = None
+    end_pts: int | None = None
+    first_index: int = 0
+
+
 @dataclass(slots=True)
 class DecodeReport:
     """What went wrong while reading; empty when the whole input decoded."""
@@ -48,16 +58,18 @@ class VideoSource:
     """Demuxes a video file: yields upright RGB frames, queues audio packets for copying.
 
     Frames come out rotated upright (the display matrix applied) so faces are found in their
-    natural orientation; the sink rotates them back and keeps the display matrix.
+    natural orientation; the sink rotates them back and keeps the display matrix. With a
+    ``span`` (a part of a batch run) only its frames are read, and no audio.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, span: FrameSpan | None = None):
         self.path = Path(path)
+        self.span = span
         self.container = open_video_container(self.path)
         self.video_stream = self.container.streams.video[0]
         # slice threads only: frame threading silently drops the frames around a damaged packet
         self.video_stream.thread_type = "SLICE"
-        self.audio_streams = list(self.container.streams.audio)
+        self.audio_streams = [] if span else list(self.container.streams.audio)
         self._pending_audio: list[av.Packet] = []
         self.report = DecodeReport([], 0, None)
         self.info = self._probe_info()
@@ -83,22 +95,27 @@ class VideoSource:
         )
 
     def frames(self) -> Iterator[VideoFrame]:
-        index = 0
+        span = self.span or FrameSpan()
+        index = span.first_index
         last_pts = None
         frame_step = _pts_step(self.info)
         streams = [self.video_stream, *self.audio_streams]
+        if span.start_pts is not None:
+            self.container.seek(span.start_pts, stream=self.video_stream)  # lands on the key frame at start_pts
         try:
-            for packet in self.container.demux(streams):
-                if packet.stream.type == "audio":
+            for packet in self._packets(streams, span.end_pts):
+                if packet is not None and packet.stream.type == "audio":
                     if packet.dts is not None:
                         self._pending_audio.append(packet)
                     continue
                 try:
-                    decoded = packet.decode()
+                    decoded = packet.decode() if packet is not None else self.video_stream.codec_context.decode(None)
                 except av.error.FFmpegError as error:
                     self.report.errors.append(f"frame data after frame {index} is corrupt ({error})")
                     continue
                 for frame in decoded:
+                    if not span_holds(span, frame.pts):
+                        continue
                     pts = frame.pts if frame.pts is not None else (
                         0 if last_pts is None else last_pts + frame_step
                     )
@@ -115,10 +132,19 @@ class VideoSource:
                     self.report.frames_decoded = index
         except av.error.FFmpegError as error:
             self.report.errors.append(f"stopped reading after frame {index}: {error}")
-        if not self.report.errors and self._ended_early(index, last_pts):
+        if not self.span and not self.report.errors and self._ended_early(index, last_pts):
             self.report.errors.append(
                 f"the file ended after {index} of about {self.info.expected_frames} frames (truncated?)"
             )
+
+    def _packets(self, streams: list, end_pts: int | None) -> Iterator[av.Packet | None]:
+        """The demuxed packets, up to (not including) the key frame at ``end_pts``; then None,
+        which asks the decoder for the frames it still holds."""
+        for packet in self.container.demux(streams):
+            if end_pts is not None and packet.stream.type == "video" and packet.is_keyframe and packet.pts is not None and packet.pts >= end_pts:
+                yield None
+                return
+            yield packet
 
     def _ended_early(self, frames: int, last_pts: int | None) -> bool:
         """Fewer frames than the container counts, or (no count: a variable frame rate makes the
@@ -139,6 +165,31 @@ class VideoSource:
 
     def close(self) -> None:
         self.container.close()
+
+
+def span_holds(span: FrameSpan, pts: int | None) -> bool:
+    """Whether a decoded frame's ``pts`` falls in ``span`` (a frame without pts: in every span)."""
+    if pts is None:
+        return True
+    return (span.start_pts is None or pts >= span.start_pts) and (span.end_pts is None or pts < span.end_pts)
+
+
+def key_frame_times(path: Path) -> tuple[list[tuple[int, int]], int, Fraction]:
+    """The video's key frames as (pts, packet number), its number of video packets, and its time
+    base: read from the container's packets, nothing decoded."""
+    container = open_video_container(path)
+    try:
+        stream = container.streams.video[0]
+        keys, packets = [], 0
+        for packet in container.demux(stream):
+            if packet.dts is None and packet.pts is None:
+                continue
+            if packet.is_keyframe and packet.pts is not None:
+                keys.append((packet.pts, packets))
+            packets += 1
+        return keys, packets, stream.time_base or Fraction(1, 90000)
+    finally:
+        container.close()
 
 
 def open_video_container(path: Path) -> av.container.InputContainer:

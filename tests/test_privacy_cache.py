@@ -222,3 +222,49 @@ def test_a_new_face_is_recognised_as_a_person_who_left_before_any_draw():
     assert cache.recognises(returning, 2.0) and not cache.recognises(stranger, 2.0)
     assert np.linalg.norm(returning) > 0  # left for the caller to use, then wipe
     assert cache.ledger().to_dict()["people"][0]["draws"] == 1 and len(cache.ledger().people) == 1
+
+
+def registry_caches(scopes, **config):
+    """Identity caches of parts processed side by side, sharing one PersonRegistry."""
+    from dpstream.privacy.registry import PersonRegistry, ScopedRegistry
+
+    config = PrivacyConfig(**config)
+    mechanism = make_mechanism(config, DIM, 3.0, testing_seed=2)
+    registry = PersonRegistry(mechanism, config, first_person_id=10)
+    caches = [IdentityCache(mechanism, config, registry=ScopedRegistry(scope, registry)) for scope in scopes]
+    return registry, caches
+
+
+def test_a_registry_gives_one_person_of_two_parts_one_draw():
+    faces = Faces(2)
+    registry, (first, second) = registry_caches(["run", "run"])
+    # the second part starts before the first has ended: times interleave, each part's own order holds
+    a = first.person_for_track(1, 0.0, faces.embed(0, 1))
+    b = second.person_for_track(1, 30.0, faces.embed(0, 2))
+    c = second.person_for_track(2, 30.0, faces.embed(1, 3))  # another face in the same frame
+    assert a.person_id == b.person_id == 10 and c.person_id == 11
+    assert np.array_equal(a.noisy_embedding, b.noisy_embedding)
+    assert registry.next_person_id == 12
+    first_ledger, second_ledger = first.ledger().to_dict(), second.ledger().to_dict()
+    assert [p["person_id"] for p in first_ledger["people"]] == [10]
+    assert [p["person_id"] for p in second_ledger["people"]] == [10, 11]
+    assert all(p["draws"] == 1 for p in second_ledger["people"])
+    registry.close()
+    assert not registry.has_people("run")
+
+
+def test_a_registry_never_gives_a_new_face_a_person_on_screen_in_its_frame():
+    faces = Faces(1)
+    registry, (part,) = registry_caches(["run"])
+    a = part.person_for_track(1, 0.0, faces.embed(0, 1))
+    twin = part.person_for_track(2, 0.0, faces.embed(0, 2))  # the same look twice in one frame: two people
+    assert a.person_id != twin.person_id
+
+
+def test_registry_scopes_keep_files_apart():
+    faces = Faces(1)
+    registry, (one, other) = registry_caches(["a.mp4", "b.mp4"])
+    a = one.person_for_track(1, 0.0, faces.embed(0, 1))
+    b = other.person_for_track(1, 0.0, faces.embed(0, 2))
+    assert a.person_id != b.person_id
+    assert registry.has_people("a.mp4") and not registry.has_people("c.mp4")

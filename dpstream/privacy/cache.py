@@ -4,7 +4,9 @@ Raw embeddings live in memory only, as long as a person can still be re-associat
 one of its tracks is active, then ``reassociation_ttl`` seconds), for at most ``max_people``
 people; then they are overwritten with zeros and dropped. Nothing raw is logged or stored.
 Without linking (``link=False``: unrelated stills) every track is its own person and no raw
-embedding is kept at all.
+embedding is kept at all. With a ``registry`` (the parts of a batch run) people are matched and
+drawn there, shared with the run's other parts; the cache then keeps no raw embedding itself
+and its ledger holds this part's records (person ids are the registry's).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import numpy as np
 from dpstream.privacy.config import PrivacyConfig
 from dpstream.privacy.ledger import Ledger, PersonRecord
 from dpstream.privacy.mechanisms import Mechanism, check_embedding
-
-_REFS_PER_PERSON = 8  # raw embeddings kept per person for matching (its latest tracks)
+from dpstream.privacy.registry import REFS_PER_PERSON, ScopedRegistry
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,12 +60,14 @@ class IdentityCache:
         *,
         link: bool = True,
         ttl: float | None = None,
+        registry: ScopedRegistry | None = None,
     ):
         self._mechanism = mechanism
         self._config = config
         self._post_process = post_process
         self._link = link
         self._ttl = config.reassociation_ttl if ttl is None else ttl
+        self._registry = registry
         self._people: dict[int, _Person] = {}  # people still in memory
         self._records: list[PersonRecord] = []  # every person of the run, for the ledger
         self._tracks: dict[int, int] = {}  # active track id -> person id
@@ -100,11 +103,15 @@ class IdentityCache:
 
     def has_absent_people(self) -> bool:
         """Someone who left could come back: a person still held for re-association with no track on screen."""
+        if self._registry is not None:
+            return self._registry.has_people(self._on_screen(self._now, active=True))
         return any(person.refs and not person.active for person in self._people.values())
 
     def recognises(self, raw: np.ndarray, time: float) -> bool:
         """Whether a new track with this raw embedding would be matched to a known person (no new
         draw). ``raw`` is left untouched; the caller wipes it."""
+        if self._registry is not None:
+            return self._registry.recognises(raw, self._on_screen(time))
         length = float(np.linalg.norm(raw))
         return length > 0 and self._match(raw / length, time) is not None
 
@@ -140,6 +147,8 @@ class IdentityCache:
         return Ledger(self._mechanism.describe(), tuple(self._records))
 
     def _new_track(self, track_id: int, time: float, raw: np.ndarray) -> _Person:
+        if self._registry is not None:
+            return self._registry_track(track_id, time, raw)
         length = float(np.linalg.norm(raw))
         unit = raw / length if length > 0 else None
         person = self._match(unit, time) if unit is not None and self._link else None
@@ -149,11 +158,33 @@ class IdentityCache:
         person.active.add(track_id)
         if unit is not None and self._link:
             person.refs.append(unit)
-            if len(person.refs) > _REFS_PER_PERSON:
+            if len(person.refs) > REFS_PER_PERSON:
                 person.refs.pop(0).fill(0.0)
         raw.fill(0.0)
         self._tracks[track_id] = person.record.person_id
         return person
+
+    def _registry_track(self, track_id: int, time: float, raw: np.ndarray) -> _Person:
+        """A new track's person from the registry (which matches or draws); this part's record of it."""
+        person_id, noisy = self._registry.person_for(raw, self._on_screen(time))
+        raw.fill(0.0)
+        person = self._people.get(person_id)
+        if person is None:
+            record = next((r for r in self._records if r.person_id == person_id), None)
+            if record is None:
+                record = PersonRecord(person_id=person_id, first_time=time, last_time=time, draws=1)
+                self._records.append(record)
+            noisy = np.array(noisy, np.float64)
+            noisy.setflags(write=False)
+            person = self._people[person_id] = _Person(record, Identity(person_id, noisy))
+        person.record.tracks += 1
+        person.active.add(track_id)
+        self._tracks[track_id] = person_id
+        return person
+
+    def _on_screen(self, time: float, active: bool = False) -> list[int]:
+        """People detected at ``time`` (or, ``active``, with a track on screen): a new face is not them."""
+        return [pid for pid, p in self._people.items() if p.record.last_time >= time or (active and p.active)]
 
     def _match(self, unit: np.ndarray, time: float) -> _Person | None:
         best, best_similarity = None, self._config.reassociation_threshold

@@ -64,8 +64,7 @@ class Ledger:
     linked: bool = True
 
     def to_dict(self) -> dict:
-        eps, delta = self.mechanism["epsilon"], self.mechanism["delta"]
-        people = [{**asdict(p), "epsilon_naive": p.draws * eps} for p in self.people]
+        people = [{**asdict(p), "epsilon_naive": p.draws * self.mechanism["epsilon"]} for p in self.people]
         chain, k = max_photo_draws(self.people) if self.stills else max_disjoint_draws(self.people)
         return {
             "ledger_version": LEDGER_VERSION,
@@ -79,26 +78,15 @@ class Ledger:
                 "reassociations": sum(max(0, p.tracks - 1) for p in self.people),
                 "person_frames": sum(p.frames for p in self.people),
             },
-            "worst_case": self._worst_case(chain, k, eps, delta),
+            "worst_case": self._worst_case(chain, k),
         }
 
     def write(self, path: str | Path) -> Path:
         return write_ledger(self.to_dict(), path)
 
-    def _worst_case(self, chain: list[int], k: int, eps: float, delta: float) -> dict:
-        result: dict = {"draws": k, "person_ids": chain}
-        if self.mechanism["mechanism"] == "laplace":
-            result.update(epsilon=k * eps, delta=0.0)
-            composition = f"ε = K·ε = {k * eps:g} (pure DP composes additively)"
-        else:
-            # k Gaussian releases of Δ/σ = μ each compose exactly into one with μ·√k.
-            mu = self.mechanism["sensitivity"] / self.mechanism["noise_scale"]
-            tight = gaussian_epsilon(delta, mu * math.sqrt(k)) if k else 0.0
-            result.update(epsilon=tight, delta=delta if k else 0.0, epsilon_basic=k * eps, delta_basic=k * delta)
-            composition = (
-                f"(ε, δ) = ({tight:.4g}, {delta:g}) by the exact composition of Gaussian releases "
-                f"(μ·√K with μ = Δ/σ), at most (K·ε, K·δ) = ({k * eps:g}, {k * delta:g}) by basic composition"
-            )
+    def _worst_case(self, chain: list[int], k: int) -> dict:
+        result, composition = composed(self.mechanism, k)
+        result = {"draws": k, "person_ids": chain, **result}
         per_record = "/".join(map(str, sorted({p.draws for p in self.people}) or [0]))
         if self.stills:
             linking = "faces linked across photos by re-association" if self.linked else "every face its own record"
@@ -108,6 +96,22 @@ class Ledger:
         else:
             result["argument"] = WORST_CASE_ARGUMENT.format(draws_per_record=per_record, k=k, composition=composition)
         return result
+
+
+def composed(mechanism: dict, k: int) -> tuple[dict, str]:
+    """The (ε, δ) of ``k`` releases of ``mechanism`` (``Mechanism.describe()``), and how it composes."""
+    eps, delta = mechanism["epsilon"], mechanism["delta"]
+    if mechanism["mechanism"] == "laplace":
+        return {"epsilon": k * eps, "delta": 0.0}, f"ε = K·ε = {k * eps:g} (pure DP composes additively)"
+    # k Gaussian releases of Δ/σ = μ each compose exactly into one with μ·√k.
+    mu = mechanism["sensitivity"] / mechanism["noise_scale"]
+    tight = gaussian_epsilon(delta, mu * math.sqrt(k)) if k else 0.0
+    result = {"epsilon": tight, "delta": delta if k else 0.0, "epsilon_basic": k * eps, "delta_basic": k * delta}
+    composition = (
+        f"(ε, δ) = ({tight:.4g}, {delta:g}) by the exact composition of Gaussian releases "
+        f"(μ·√K with μ = Δ/σ), at most (K·ε, K·δ) = ({k * eps:g}, {k * delta:g}) by basic composition"
+    )
+    return result, composition
 
 
 def max_disjoint_draws(people: tuple[PersonRecord, ...] | list[PersonRecord]) -> tuple[list[int], int]:
@@ -145,6 +149,66 @@ def max_photo_draws(people: tuple[PersonRecord, ...] | list[PersonRecord]) -> tu
         if p.draws and (p.first_time not in best or p.draws > best[p.first_time].draws):
             best[p.first_time] = p
     return sorted(p.person_id for p in best.values()), sum(p.draws for p in best.values())
+
+
+BATCH_WORST_CASE_ARGUMENT = (
+    "A batch run: each person record made one noisy draw, in a registry shared by the run's {scope}; a person "
+    "met in several files or chunks of it keeps that draw. Per file, the worst case K_f is the file ledger's "
+    "(records pairwise disjoint in time). Any real person's records are, within each file, among those K_f, and "
+    "every record belongs to some file, so one real person received at most K = min(records, sum of K_f) = {k} "
+    "draws (records of files from other runs of the registry, e.g. before a resume, are different records). "
+    "By composition: {composition}. Which tracks share a face is decided from raw embeddings without noise; "
+    "that linkage is not covered by ε (see PRIVACY.md)."
+)
+
+
+def merge_part_ledgers(parts: list[dict], mechanism: dict) -> dict:
+    """The ledger of one file from the ledgers of its parts (chunks): a person's records joined
+    (first and last time, frames, tracks; one draw), counts summed, the worst case recomputed."""
+    records: dict[int, PersonRecord] = {}
+    counts: dict[str, int] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key.startswith(("faces_", "fallbacks")):
+                counts[key] = counts.get(key, 0) + value
+        for person in part["people"]:
+            fields = {k: person[k] for k in ("person_id", "first_time", "last_time", "frames", "tracks", "draws")}
+            known = records.get(person["person_id"])
+            if known is None:
+                records[person["person_id"]] = PersonRecord(**fields)
+            else:
+                known.first_time, known.last_time = min(known.first_time, fields["first_time"]), max(known.last_time, fields["last_time"])
+                known.frames += fields["frames"]
+                known.tracks += fields["tracks"]
+                known.draws = max(known.draws, fields["draws"])
+    ledger = Ledger(mechanism, tuple(sorted(records.values(), key=lambda r: r.person_id))).to_dict()
+    return {"method": parts[0]["method"], "model": parts[0]["model"], **counts, "parts": len(parts), **ledger}
+
+
+def batch_ledger(files: dict[str, dict], mechanism: dict, scope: str) -> dict:
+    """The merged ledger of a batch run from its files' ledgers (output name -> ledger)."""
+    people: dict[int, dict] = {}
+    for name, ledger in files.items():
+        for person in ledger["people"]:
+            merged = people.setdefault(person["person_id"], {"person_id": person["person_id"], "files": [], "frames": 0, "draws": 0})
+            merged["files"].append(name)
+            merged["frames"] += person["frames"]
+            merged["draws"] = max(merged["draws"], person["draws"])
+    records = sum(p["draws"] for p in people.values())
+    k = min(records, sum(ledger["worst_case"]["draws"] for ledger in files.values()))
+    result, composition = composed(mechanism, k)
+    scope_text = "files (registry: run)" if scope == "run" else "chunks of each file (registry: file)"
+    return {
+        "ledger_version": LEDGER_VERSION,
+        "batch": True,
+        "registry": scope,
+        **mechanism,
+        "files": [{"output": name, "people": [p["person_id"] for p in ledger["people"]],
+                   "worst_case_draws": ledger["worst_case"]["draws"]} for name, ledger in files.items()],
+        "people": sorted(people.values(), key=lambda p: p["person_id"]),
+        "totals": {"files": len(files), "people": len(people), "draws": records},
+        "worst_case": {"draws": k, **result, "argument": BATCH_WORST_CASE_ARGUMENT.format(scope=scope_text, k=k, composition=composition)},
+    }
 
 
 def write_ledger(ledger: dict, path: str | Path) -> Path:

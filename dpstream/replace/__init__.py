@@ -7,9 +7,9 @@ from dpstream.replace.base import Replacer
 from dpstream.replace.region_methods import Blur, DpPix, Mosaic, Solid
 
 
-def make_replacer(config: Config, stills: bool = False) -> Replacer:
+def make_replacer(config: Config, stills: bool = False, registry=None) -> Replacer:
     """The replacer named by ``config.method``, set up from the config (``stills``: the frames
-    are unrelated photos)."""
+    are unrelated photos; ``registry``: a batch run's shared person registry, for dp)."""
     if config.method == "blur":
         return Blur(config.face_margin)
     if config.method == "mosaic":
@@ -20,7 +20,7 @@ def make_replacer(config: Config, stills: bool = False) -> Replacer:
         return DpPix(config.face_margin, config.dppix_cell, config.dppix_m, config.epsilon)
     from dpstream.replace.dp_face import DpFaceReplacer
 
-    return DpFaceReplacer.from_config(config, stills=stills)
+    return DpFaceReplacer.from_config(config, stills=stills, registry=registry)
 
 
 __all__ = ["Replacer", "make_replacer"]

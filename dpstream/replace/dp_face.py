@@ -24,6 +24,7 @@ from dpstream.config import Config
 from dpstream.face_model import FaceModel
 from dpstream.face_model.runtime import RUNTIME_ERRORS
 from dpstream.privacy import Identity, IdentityCache, PrivacyConfig, make_mechanism
+from dpstream.privacy.registry import ScopedRegistry
 from dpstream.head import HEAD_FALLBACK_MARGIN, HairStyle, HeadPainter, face_luminance, hair_style
 from dpstream.replace.fallback import FALLBACK_MARGIN, apply_fallback
 from dpstream.types import Faces, ReplacedFrame, VideoFrame
@@ -63,6 +64,7 @@ class DpFaceReplacer:
         stills: bool = False,
         link_people: bool = False,
         region: str = "face",
+        registry: ScopedRegistry | None = None,
     ):
         self.model = model
         self.head = HeadPainter() if region == "head" else None
@@ -73,7 +75,9 @@ class DpFaceReplacer:
         mechanism = make_mechanism(privacy, model.dim, privacy.clip_norm or model.clip_norm, testing_seed=testing_seed)
         # stills: a person stays linkable for the whole set (times are photo indices)
         ttl = math.inf if stills else None
-        self.identities = IdentityCache(mechanism, privacy, model.post_process, link=self.link_people, ttl=ttl)
+        self.identities = IdentityCache(
+            mechanism, privacy, model.post_process, link=self.link_people, ttl=ttl, registry=registry
+        )
         self.rendered = 0
         self.fallbacks = 0
         self.no_mesh = 0
@@ -90,7 +94,7 @@ class DpFaceReplacer:
         self._conditioned: OrderedDict[int, np.ndarray] = OrderedDict()  # person id -> identity to decode
 
     @classmethod
-    def from_config(cls, config: Config, stills: bool = False) -> DpFaceReplacer:
+    def from_config(cls, config: Config, stills: bool = False, registry: ScopedRegistry | None = None) -> DpFaceReplacer:
         return cls(
             FaceModel.load(config.model),
             config.privacy,
@@ -98,6 +102,7 @@ class DpFaceReplacer:
             stills=stills,
             link_people=config.link_people,
             region=config.region,
+            registry=registry,
         )
 
     def replace(self, frame: VideoFrame, faces: Faces) -> ReplacedFrame:
