@@ -23,7 +23,8 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import av
 
@@ -31,7 +32,7 @@ from dpstream.config import Config, load_config
 from dpstream.errors import DpstreamError, InputError, OutputError
 from dpstream.privacy.ledger import batch_ledger, default_ledger_path, merge_part_ledgers, write_ledger
 from dpstream.privacy.registry import PersonRegistry, ScopedRegistry
-from dpstream.source import FrameSpan, VideoSource, key_frame_times, open_video_container
+from dpstream.source import FrameSpan, VideoSource, is_url, key_frame_times, open_video_container
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv")
 MANIFEST_NAME = "batch-manifest.json"
@@ -47,9 +48,9 @@ PART_RETRIES = 3
 
 @dataclass(frozen=True)
 class BatchFile:
-    """One input of the run and its output name (relative to OUTDIR)."""
+    """One input of the run (a file, or a URL) and its output name (relative to OUTDIR)."""
 
-    input: Path
+    input: Path | str
     output: str
 
 
@@ -57,7 +58,7 @@ class BatchFile:
 class PartJob:
     """One Ray task: a span of a file anonymized into a video-only part file."""
 
-    input: Path
+    input: Path | str
     span: FrameSpan
     output: Path
     scope: str
@@ -93,13 +94,15 @@ class BatchSummary:
     workers: int = 0
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files, folders (their video files, recursively), globs, and ``.txt`` lists of paths (one a
-    line, ``#`` comments), in order, without repeats."""
-    found: list[Path] = []
+def expand_inputs(inputs: list[str | Path]) -> list[Path | str]:
+    """Files, folders (their video files, recursively), globs, URLs, and ``.txt`` lists of paths or
+    URLs (one a line, ``#`` comments), in order, without repeats."""
+    found: list[Path | str] = []
     for item in map(str, inputs):
         path = Path(item)
-        if path.suffix.lower() == ".txt" and path.is_file():
+        if is_url(item):
+            found.append(item)
+        elif path.suffix.lower() == ".txt" and path.is_file():
             lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
             found += expand_inputs([line for line in lines if line and not line.startswith("#")])
         elif path.is_dir():
@@ -113,19 +116,24 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
             found += matches
         else:
             raise InputError(f"{item}: no such file")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(p if is_url(p) else p.resolve() for p in found))
     if not unique:
         raise InputError(f"{', '.join(map(str, inputs))}: no video files found")
     return unique
 
 
-def output_names(inputs: list[Path]) -> list[BatchFile]:
-    """Each input's output name: its file name, made unique with its parent folders' names."""
+def output_names(inputs: list[Path | str]) -> list[BatchFile]:
+    """Each input's output name: its file name, made unique with its parent folders' names (a
+    URL: the last part of its path, made unique with the parts before and its host)."""
     files, taken = [], set()
     for path in inputs:
-        parts = path.parts
+        if is_url(path):
+            url = urlsplit(path)
+            parts = (url.netloc, *PurePosixPath(url.path).parts[1:]) if url.path.strip("/") else (url.netloc, "video.mp4")
+        else:
+            parts = path.parts
+        name = parts[-1]
         depth = 1
-        name = path.name
         while name in taken and depth < len(parts):
             depth += 1
             name = "_".join(parts[-depth:])
@@ -134,10 +142,11 @@ def output_names(inputs: list[Path]) -> list[BatchFile]:
     return files
 
 
-def plan_spans(path: Path, chunk_seconds: float | None) -> list[FrameSpan]:
+def plan_spans(path: Path | str, chunk_seconds: float | None) -> list[FrameSpan]:
     """Key-frame spans of about ``chunk_seconds`` each (one span for the whole file when it has
-    no key frame that far in, or without ``chunk_seconds``)."""
-    if not chunk_seconds:
+    no key frame that far in, or without ``chunk_seconds``; a URL is read whole: not every
+    server lets a reader seek)."""
+    if not chunk_seconds or is_url(path):
         return [FrameSpan()]
     keys, _, time_base = key_frame_times(path)
     starts: list[tuple[int, int]] = []
@@ -208,7 +217,7 @@ class Coordinator:
             self.registry.close()
 
 
-def join_parts(input_path: Path, parts: list[tuple[Path, int | None]], output: Path) -> int:
+def join_parts(input_path: Path | str, parts: list[tuple[Path, int | None]], output: Path) -> int:
     """Write ``output`` from the parts' video packets, in order, and the input's audio packets
     (copied, interleaved by time), with the sink a single run uses; returns the frames written.
 
@@ -324,7 +333,7 @@ def batch(
         raise OutputError(f"{outdir}: is not a folder")
     files = output_names(expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs)))
     for file in files:
-        if file.input.is_relative_to(outdir.resolve()):
+        if not is_url(file.input) and file.input.is_relative_to(outdir.resolve()):
             raise OutputError(f"{file.input}: is inside the output folder {outdir}; give the inputs apart from it")
     try:
         import ray
@@ -363,7 +372,7 @@ def _run_batch(ray, todo, outdir, parts_dir, config, manifest, scope, chunk_seco
     coordinator = ray.remote(num_cpus=0)(Coordinator).remote(config, manifest.data["next_person_id"])
     task = ray.remote(num_cpus=1, max_retries=PART_RETRIES)(run_part)
     jobs: list[PartJob] = []
-    parts_of: dict[Path, list[PartJob]] = {}
+    parts_of: dict[Path | str, list[PartJob]] = {}
     expected = 0
     for index, file in enumerate(todo):
         try:
@@ -384,7 +393,7 @@ def _run_batch(ray, todo, outdir, parts_dir, config, manifest, scope, chunk_seco
     by_input = {file.input: file for file in todo}
     results: dict[str, PartResult] = {}
     in_flight: dict = {}
-    failed_files: set[Path] = set()
+    failed_files: set[Path | str] = set()
     next_report = 0.0
     try:
         while jobs or in_flight:
@@ -423,7 +432,7 @@ def _run_batch(ray, todo, outdir, parts_dir, config, manifest, scope, chunk_seco
             pass  # the actor is gone with its memory
 
 
-def _fail(manifest: Manifest, file: BatchFile, message: str, summary: BatchSummary, failed_files: set[Path]) -> None:
+def _fail(manifest: Manifest, file: BatchFile, message: str, summary: BatchSummary, failed_files: set[Path | str]) -> None:
     failed_files.add(file.input)
     summary.failed[str(file.input)] = message
     manifest.record(file, status="failed", error=message)

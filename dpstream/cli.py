@@ -190,8 +190,9 @@ def _batch(args: argparse.Namespace) -> int:
         lines.append(f"interrupted: {summary.done + summary.skipped} of {summary.files} files finished; "
                      "the same command again continues")
     lines.append(
-        f"{summary.done} files anonymized ({summary.frames} frames, {summary.parts} parts, {summary.workers} workers, "
-        f"{summary.seconds:.1f} s), {summary.skipped} already done, {len(summary.failed)} failed -> {summary.outdir}"
+        f"{_count(summary.done, 'file')} anonymized ({_count(summary.frames, 'frame')}, {_count(summary.parts, 'part')}, "
+        f"{_count(summary.workers, 'worker')}, {summary.seconds:.1f} s), {summary.skipped} already done, "
+        f"{len(summary.failed)} failed -> {summary.outdir}"
     )
     lines += [f"warning: {name}: {error}" for name, error in summary.failed.items()]
     if summary.ledger:
@@ -201,6 +202,10 @@ def _batch(args: argparse.Namespace) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INPUT_DAMAGED if summary.failed else EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _live(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,6 +17,8 @@ from dpstream.errors import InputError
 from dpstream.types import StillInfo, VideoFrame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+URL_TIMEOUT = 30.0
+"""Seconds a URL input may take to answer (open, then each read)."""
 MAX_VIDEO_SIDE = 8192
 """The largest video frame side dpstream reads (8K is 7680x4320): a larger frame is refused
 before decoding, since the stages' queues hold dozens of frames."""
@@ -63,7 +66,7 @@ class VideoSource:
     """
 
     def __init__(self, path: str | Path, span: FrameSpan | None = None):
-        self.path = Path(path)
+        self.path = path if is_url(path) else Path(path)  # a URL (batch runs' lists) stays a string
         self.span = span
         self.container = open_video_container(self.path)
         self.video_stream = self.container.streams.video[0]
@@ -174,7 +177,7 @@ def span_holds(span: FrameSpan, pts: int | None) -> bool:
     return (span.start_pts is None or pts >= span.start_pts) and (span.end_pts is None or pts < span.end_pts)
 
 
-def key_frame_times(path: Path) -> tuple[list[tuple[int, int]], int, Fraction]:
+def key_frame_times(path: Path | str) -> tuple[list[tuple[int, int]], int, Fraction]:
     """The video's key frames as (pts, packet number), its number of video packets, and its time
     base: read from the container's packets, nothing decoded."""
     container = open_video_container(path)
@@ -192,8 +195,19 @@ def key_frame_times(path: Path) -> tuple[list[tuple[int, int]], int, Fraction]:
         container.close()
 
 
-def open_video_container(path: Path) -> av.container.InputContainer:
-    """Open ``path`` for reading with messages that name the file and the problem."""
+def is_url(path: str | Path) -> bool:
+    """``scheme://...`` (http, https, ftp, ...: FFmpeg reads them), not a file name."""
+    return isinstance(path, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None
+
+
+def open_video_container(path: Path | str) -> av.container.InputContainer:
+    """Open ``path`` (a file, or a URL) for reading with messages that name it and the problem."""
+    if is_url(path):
+        try:
+            container = av.open(path, mode="r", metadata_errors="replace", timeout=URL_TIMEOUT)
+        except av.error.FFmpegError as error:
+            raise InputError(f"{path}: cannot be read ({error.strerror})") from None
+        return _checked_video(container, path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -204,6 +218,11 @@ def open_video_container(path: Path) -> av.container.InputContainer:
         container = av.open(str(path), mode="r", metadata_errors="replace")  # damaged tags are not fatal
     except av.error.FFmpegError as error:
         raise InputError(f"{path}: not a video file FFmpeg can read ({error.strerror})") from None
+    return _checked_video(container, path)
+
+
+def _checked_video(container: av.container.InputContainer, path: Path | str) -> av.container.InputContainer:
+    """``container`` if its first video stream can be decoded and is not too large (else closed, and why)."""
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: has no video stream")
@@ -317,7 +336,7 @@ def _pts_step(info: VideoInfo) -> int:
     return 1
 
 
-def _first_frame_rotation(path: Path) -> int:
+def _first_frame_rotation(path: Path | str) -> int:
     """The display rotation (degrees, multiple of 90) carried by the first frame, 0 if none.
 
     Read from a separate opening so the main demuxer starts untouched.

@@ -4,6 +4,8 @@ killed mid-task, resume after the driver is killed; bad input."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
@@ -98,6 +100,22 @@ def test_folder_of_clips_matches_single_runs(cluster, tmp_path, shared_video):
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert {e["status"] for e in manifest["files"].values()} == {"done"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["closeup_512_d3.mp4", "walking_3people_480x270.mp4", MANIFEST_NAME])
+
+
+def test_a_list_of_paths_and_urls(cluster, tmp_path, shared_video):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shared_video("x").parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/asl_thanks_640x480.mkv"
+        listing = tmp_path / "inputs.txt"
+        listing.write_text(f"# a camera's clips\n{url}\n\n{shared_video('walking_3people_480x270.mp4')}\n")
+        summary = batch([listing], tmp_path / "out", address=cluster, workers=2, method="blur")
+    finally:
+        server.shutdown()
+    assert summary.done == 2 and not summary.failed
+    assert stream_facts(tmp_path / "out" / "asl_thanks_640x480.mkv") == stream_facts(shared_video("asl_thanks_640x480.mkv"))
+    assert stream_facts(tmp_path / "out" / "walking_3people_480x270.mp4")[0] == 41
 
 
 def part_workers() -> list[int]:
