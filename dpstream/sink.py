@@ -58,6 +58,7 @@ class VideoSink:
                 else self.container.add_stream_from_template(video_template)
             )  # fmt: skip
             self.video.time_base = info.time_base
+            self._copy_stream_tags(source, info)
             self.audio = {
                 stream.index: self.container.add_stream_from_template(stream) for stream in source.audio_streams
             }
@@ -69,8 +70,6 @@ class VideoSink:
             raise OutputError(f"{self.path}: cannot set up the output streams ({error})") from None
         self.container.metadata.update(source.container.metadata)
         self.rotation = info.rotation
-        if not self.encoding:
-            self._copy_stream_tags(source, info)
 
     def _add_video_stream(
         self, info: VideoInfo, source: VideoSource, codec: str, crf: int, preset: str
@@ -89,11 +88,10 @@ class VideoSink:
             setattr(stream.codec_context, tag, getattr(source_context, tag))
         if codec in X264_LIKE:
             stream.options = {"crf": str(crf), "preset": preset}
-        self.video = stream
-        self._copy_stream_tags(source, info)
         return stream
 
     def _copy_stream_tags(self, source: VideoSource, info: VideoInfo) -> None:
+        """The source video stream's language/handler/title tags and its display rotation."""
         self.video.metadata.update(
             {k: v for k, v in source.video_stream.metadata.items() if k.lower() in ("language", "handler_name", "title")}
         )
