@@ -225,13 +225,12 @@ def join_parts(input_path: Path | str, parts: list[tuple[Path, int | None]], out
     source's (MP4 stores a start that is not 0 in an edit list, rounded to milliseconds)."""
     from dpstream.sink import VideoSink
 
-    source = VideoSource(input_path)
-    audio_input = av.open(str(input_path), metadata_errors="replace")
+    source = VideoSource(input_path)  # its container gives the audio; its video is not read
     frames = 0
     try:
         with av.open(str(parts[0][0])) as first:
             sink = VideoSink(output, source, video_template=first.streams.video[0])
-        audio = iter(audio_input.demux(audio_input.streams.audio)) if audio_input.streams.audio else iter(())
+        audio = iter(source.container.demux(source.audio_streams)) if source.audio_streams else iter(())
         pending = next(audio, None)
         try:
             for part, first_pts in parts:
@@ -258,7 +257,6 @@ def join_parts(input_path: Path | str, parts: list[tuple[Path, int | None]], out
         finally:
             sink.close()
     finally:
-        audio_input.close()
         source.close()
     return frames
 

@@ -19,7 +19,7 @@ import numpy as np
 from dpstream.privacy.config import PrivacyConfig
 from dpstream.privacy.ledger import Ledger, PersonRecord
 from dpstream.privacy.mechanisms import Mechanism, check_embedding
-from dpstream.privacy.registry import REFS_PER_PERSON, ScopedRegistry
+from dpstream.privacy.registry import REFS_PER_PERSON, ScopedRegistry, best_match, noisy_release
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,27 +147,29 @@ class IdentityCache:
         return Ledger(self._mechanism.describe(), tuple(self._records))
 
     def _new_track(self, track_id: int, time: float, raw: np.ndarray) -> _Person:
-        if self._registry is not None:
-            return self._registry_track(track_id, time, raw)
+        person = self._registry_person(time, raw) if self._registry is not None else self._local_person(time, raw)
+        raw.fill(0.0)
+        person.record.tracks += 1
+        person.active.add(track_id)
+        self._tracks[track_id] = person.record.person_id
+        return person
+
+    def _local_person(self, time: float, raw: np.ndarray) -> _Person:
+        """A new track's person in this cache: matched, else drawn; its unit embedding kept (linking)."""
         length = float(np.linalg.norm(raw))
         unit = raw / length if length > 0 else None
         person = self._match(unit, time) if unit is not None and self._link else None
         if person is None:
             person = self._draw(raw, time)
-        person.record.tracks += 1
-        person.active.add(track_id)
         if unit is not None and self._link:
             person.refs.append(unit)
             if len(person.refs) > REFS_PER_PERSON:
                 person.refs.pop(0).fill(0.0)
-        raw.fill(0.0)
-        self._tracks[track_id] = person.record.person_id
         return person
 
-    def _registry_track(self, track_id: int, time: float, raw: np.ndarray) -> _Person:
+    def _registry_person(self, time: float, raw: np.ndarray) -> _Person:
         """A new track's person from the registry (which matches or draws); this part's record of it."""
         person_id, noisy = self._registry.person_for(raw, self._on_screen(time))
-        raw.fill(0.0)
         person = self._people.get(person_id)
         if person is None:
             record = next((r for r in self._records if r.person_id == person_id), None)
@@ -177,9 +179,6 @@ class IdentityCache:
             noisy = np.array(noisy, np.float64)
             noisy.setflags(write=False)
             person = self._people[person_id] = _Person(record, Identity(person_id, noisy))
-        person.record.tracks += 1
-        person.active.add(track_id)
-        self._tracks[track_id] = person_id
         return person
 
     def _on_screen(self, time: float, active: bool = False) -> list[int]:
@@ -187,19 +186,12 @@ class IdentityCache:
         return [pid for pid, p in self._people.items() if p.record.last_time >= time or (active and p.active)]
 
     def _match(self, unit: np.ndarray, time: float) -> _Person | None:
-        best, best_similarity = None, self._config.reassociation_threshold
-        for person in self._people.values():
-            if person.record.last_time >= time or not person.refs:
-                continue  # detected in this frame already: a different face
-            similarity = max(float(unit @ ref) for ref in person.refs)
-            if similarity >= best_similarity:
-                best, best_similarity = person, similarity
-        return best
+        # a person detected in this frame already is a different face
+        candidates = ((p, p.refs) for p in self._people.values() if p.record.last_time < time)
+        return best_match(unit, candidates, self._config.reassociation_threshold)
 
     def _draw(self, raw: np.ndarray, time: float) -> _Person:
-        noisy = self._mechanism.release(raw)
-        if self._post_process is not None:
-            noisy = np.asarray(self._post_process(noisy), np.float64)
+        noisy = noisy_release(self._mechanism, self._post_process, raw)
         noisy.setflags(write=False)
         record = PersonRecord(person_id=len(self._records), first_time=time, last_time=time, draws=1)
         self._records.append(record)

@@ -21,6 +21,25 @@ from dpstream.privacy.mechanisms import Mechanism, check_embedding
 REFS_PER_PERSON = 8  # raw embeddings kept per person for matching (its latest tracks)
 
 
+def best_match(unit: np.ndarray, candidates: Iterable[tuple[object, list[np.ndarray]]], threshold: float):
+    """The candidate whose unit raw embeddings (``refs``) come closest to ``unit`` (cosine of the best
+    ref), if at least ``threshold``; else None. ``candidates``: (item, refs) pairs."""
+    best, best_similarity = None, threshold
+    for item, refs in candidates:
+        if not refs:
+            continue
+        similarity = max(float(unit @ ref) for ref in refs)
+        if similarity >= best_similarity:
+            best, best_similarity = item, similarity
+    return best
+
+
+def noisy_release(mechanism: Mechanism, post_process: Callable[[np.ndarray], np.ndarray] | None, raw: np.ndarray) -> np.ndarray:
+    """One draw: the mechanism's release of ``raw``, post-processed (float64)."""
+    noisy = mechanism.release(raw)
+    return noisy if post_process is None else np.asarray(post_process(noisy), np.float64)
+
+
 @dataclass
 class _Entry:
     person_id: int
@@ -131,20 +150,11 @@ class PersonRegistry:
         self._entries.clear()
 
     def _match(self, unit: np.ndarray, scope: str, exclude: set[int]) -> _Entry | None:
-        best, best_similarity = None, self._threshold
-        for entry in self._entries:
-            if entry.scope != scope or entry.person_id in exclude or not entry.refs:
-                continue
-            similarity = max(float(unit @ ref) for ref in entry.refs)
-            if similarity >= best_similarity:
-                best, best_similarity = entry, similarity
-        return best
+        candidates = ((e, e.refs) for e in self._entries if e.scope == scope and e.person_id not in exclude)
+        return best_match(unit, candidates, self._threshold)
 
     def _draw(self, raw: np.ndarray, scope: str) -> _Entry:
-        noisy = self._mechanism.release(raw)
-        if self._post_process is not None:
-            noisy = np.asarray(self._post_process(noisy), np.float64)
-        entry = _Entry(self._next_id, scope, noisy)
+        entry = _Entry(self._next_id, scope, noisy_release(self._mechanism, self._post_process, raw))
         self._next_id += 1
         self._entries.append(entry)
         return entry
