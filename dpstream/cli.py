@@ -23,8 +23,13 @@ LIVE_PRESET = "ultrafast"
 """x264 preset of the live commands when no --config is given (as in configs/webcam.yaml, relay.yaml)."""
 
 LIVE_RECALL = "normal"
-"""detector_recall of the live commands when no --config is given (as in the live profiles): live
-runs detect on every frame, where CenterFace is too slow for real time on a CPU."""
+"""detector_recall of the live commands when no --config is given (as in the live profiles):
+CenterFace is too slow for real time on a CPU."""
+
+LIVE_TILES = (2,)
+"""detect_tiles of the live commands when no --config is given (as in the live profiles): the
+second level alone finds the faces both levels find on the labelled photos, for a third less
+detector time at 720p (``benchmarks/results/latency.md``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     webcam.add_argument("--fps", dest="capture_fps", metavar="N", help="capture frames/s")
     webcam.add_argument("--pixel-format", dest="capture_pixel_format", metavar="FMT", help="camera pixel format, e.g. mjpeg, yuyv422")
     webcam.add_argument("--preview", action="store_true", help="show the anonymized video in a window (q to stop)")
-    webcam.add_argument("-o", "--output", action="append", default=[], metavar="FILE|URL", help="file or stream URL (repeatable)")
+    webcam.add_argument(
+        "--audio", dest="capture_audio", metavar="DEVICE",
+        help="also record this microphone: ALSA default or hw:0 on Linux (pulse:NAME for PulseAudio), :N on macOS, "
+        "audio=NAME on Windows, or FORMAT:NAME of another FFmpeg input (e.g. lavfi:sine)",
+    )  # fmt: skip
+    webcam.add_argument(
+        "-o", "--output", action="append", default=[], metavar="FILE|URL",
+        help="file, stream URL, or virtual: (a virtual camera, virtual:/dev/videoN) (repeatable)",
+    )  # fmt: skip
     relay = commands.add_parser("relay", help="anonymize a live stream (RTSP, RTMP, SRT, UDP, ...) into another")
     relay.add_argument("source", metavar="SOURCE", help="stream URL, lavfi:GRAPH, /dev/videoN, or a file (paced in real time)")
-    relay.add_argument("outputs", metavar="SINK_URL", nargs="+", help="rtsp://, rtmp://, udp://, srt://, tcp:// URL or a file")
+    relay.add_argument("outputs", metavar="SINK_URL", nargs="+", help="rtsp://, rtmp://, udp://, srt://, tcp:// URL, a file, or virtual: (a virtual camera)")
     relay.add_argument("--listen", action="store_true", default=None, help="SOURCE is a local address a publisher connects to")
     relay.add_argument("--transport", choices=("tcp", "udp"), help="RTSP transport (default: tcp)")
     relay.add_argument("--preview", action="store_true", help="also show the anonymized video in a window")
+    relay.add_argument("--no-audio", dest="live_audio", action="store_false", default=None, help="video only: do not relay the source's audio")
     for live in (webcam, relay):
         live.add_argument("--config", metavar="FILE", help="YAML config, e.g. configs/webcam.yaml, configs/relay.yaml")
         _add_method_options(live)
@@ -100,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         live.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
         live.add_argument("--overwrite", action="store_true", help="replace an output file if it exists")
         live.add_argument("-q", "--quiet", action="store_true", help="no status line")
+        live.add_argument("--status-port", type=int, default=0, metavar="PORT",
+                          help="serve a live status page on http://127.0.0.1:PORT/ (default 0: none)")
+        live.add_argument("--status-host", default="127.0.0.1", metavar="HOST",
+                          help="address of the status page (default 127.0.0.1; 0.0.0.0 for other machines)")
     return parser
 
 
@@ -210,11 +228,12 @@ def _count(n: int, noun: str) -> str:
 
 def _live(args: argparse.Namespace) -> int:
     keys = ("method", "region", "epsilon", "delta", "detector_recall", "model", "ledger", "codec", "crf", "preset",
-            "capture_size", "capture_fps", "capture_pixel_format", "listen", "transport")
+            "capture_size", "capture_fps", "capture_pixel_format", "capture_audio", "live_audio", "listen", "transport")
     overrides = {key: getattr(args, key, None) for key in keys if getattr(args, key, None) is not None}
     if args.config is None:
         overrides.setdefault("preset", LIVE_PRESET)
         overrides.setdefault("detector_recall", LIVE_RECALL)
+        overrides.setdefault("detect_tiles", LIVE_TILES)
     config = load_config(args.config, **overrides)
     from dpstream.live import run_live  # loads MediaPipe: after the config is known to be good
     from dpstream.live_source import live_input, webcam_input
@@ -223,7 +242,8 @@ def _live(args: argparse.Namespace) -> int:
         source = (
             live_input(args.device, config)
             if args.device and args.device.startswith("lavfi:")
-            else webcam_input(args.device, size=config.capture_size, fps=config.capture_fps, pixel_format=config.capture_pixel_format)
+            else webcam_input(args.device, size=config.capture_size, fps=config.capture_fps, pixel_format=config.capture_pixel_format,
+                              audio=config.capture_audio)
         )
         outputs = args.output
     else:
@@ -231,7 +251,8 @@ def _live(args: argparse.Namespace) -> int:
     status = LiveStatus(enabled=not args.quiet)
     try:
         summary = run_live(source, outputs, config, preview=args.preview, overwrite=args.overwrite,
-                           max_seconds=args.duration, report=status.message, on_frame=status.update)
+                           max_seconds=args.duration, report=status.message, on_frame=status.update,
+                           status_port=args.status_port, status_host=args.status_host)
     finally:
         status.close()
     latency = ", ".join(f"{k} {v:.0f} ms" for k, v in summary.latency_ms.items() if v is not None) or "no frames"
@@ -241,6 +262,8 @@ def _live(args: argparse.Namespace) -> int:
         f"latency capture -> write: {latency}; reconnections: source {summary.source_reconnections}, "
         f"outputs {summary.output_reconnections}" + (f", {summary.lost_to_outputs} frames lost while an output was down" if summary.lost_to_outputs else ""),
     ]
+    if summary.audio_dropped:
+        lines.append(f"audio: {summary.audio_dropped} of {summary.audio_chunks} chunks dropped (writing fell behind)")
     if summary.ledger:
         lines.append(f"privacy ledger: {summary.ledger}")
     for line in lines:

@@ -64,6 +64,7 @@ class Config:
     live_queue: int = 2
     live_gop: int = 30
     live_tune: str | None = "zerolatency"
+    live_encoder_threads: int = 1
     transport: str = "tcp"
     io_timeout: float = 5.0
     listen: bool = False
@@ -73,6 +74,9 @@ class Config:
     capture_size: str | None = None
     capture_fps: float | None = None
     capture_pixel_format: str | None = None
+    capture_audio: str | None = None  # webcam microphone (dpstream webcam --audio DEVICE)
+    live_audio: bool = True  # relay the source's audio / record the microphone (false: video only)
+    audio_bitrate: int = 128_000  # bits/s of the live outputs' audio (AAC, Opus for WebM)
 
     @property
     def detection_gap(self) -> int:
@@ -121,6 +125,7 @@ class Config:
     def _check_live(self) -> None:
         _check_int("live_queue", self.live_queue, low=1, high=1000)
         _check_int("live_gop", self.live_gop, low=1)
+        _check_int("live_encoder_threads", self.live_encoder_threads, low=0, high=64)
         _check_choice("transport", self.transport, TRANSPORTS)
         _check_number("io_timeout", self.io_timeout, low=0.0, low_open=True)
         if not isinstance(self.listen, bool):
@@ -134,7 +139,10 @@ class Config:
             raise ConfigError(f"capture_size: must be WIDTHxHEIGHT such as 1280x720, or null, got {self.capture_size!r}")
         if self.capture_fps is not None:
             _check_number("capture_fps", self.capture_fps, low=0.0, low_open=True)
-        for key in ("live_tune", "capture_pixel_format"):
+        if not isinstance(self.live_audio, bool):
+            raise ConfigError(f"live_audio: must be true or false, got {self.live_audio!r}")
+        _check_int("audio_bitrate", self.audio_bitrate, low=8_000, high=512_000)
+        for key in ("live_tune", "capture_pixel_format", "capture_audio"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{key}: must be a non-empty string or null, got {value!r}")

@@ -80,12 +80,16 @@ class FaceFinder:
         found = self.detect_mediapipe(image)
         return found if self.recall_detector is None else with_recall(found, self.recall_detector.detect(image))
 
-    def detect_mediapipe(self, image: np.ndarray, tiled: bool = True) -> Detections:
-        """The faces MediaPipe's detectors find in the image (full frame, and tiles if ``tiled``)."""
+    def detect_mediapipe(self, image: np.ndarray, tiled: bool = True, tile_part: tuple[int, int] | None = None) -> Detections:
+        """The faces MediaPipe's detectors find in the image (full frame, and tiles if ``tiled``;
+        ``tile_part`` (k, n): only every n-th tile from the k-th)."""
         height, width = image.shape[:2]
         boxes, scores, angles = _detect(self._full_range, image, 0, 0)
         trusted = [True] * len(boxes)
-        for x0, y0, x1, y1 in tiles(height, width, self.tile_levels if tiled else ()):
+        chosen = tiles(height, width, self.tile_levels if tiled else ())
+        if tile_part is not None:
+            chosen = chosen[tile_part[0] :: tile_part[1]]
+        for x0, y0, x1, y1 in chosen:
             tile_boxes, tile_scores, tile_angles = _detect(self._short_range, image[y0:y1, x0:x1], x0, y0)
             boxes += tile_boxes
             scores += tile_scores
@@ -162,11 +166,17 @@ def with_recall(found: Detections, recall: Detections) -> Detections:
     )
 
 
+MIN_TILE_SIDE = 16
+"""Tiles smaller than this hold no face the detectors could find (a tiny frame has no tiles)."""
+
+
 def tiles(height: int, width: int, levels: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
     """Overlapping square tiles (x0, y0, x1, y1): at level n, tiles 1.25/n of the short side."""
     result: list[tuple[int, int, int, int]] = []
     for level in levels:
         side = min(int(min(height, width) / level * 1.25), height, width)
+        if side < MIN_TILE_SIDE:
+            continue
         rows = np.unique(np.linspace(0, height - side, max(1, int(np.ceil(height / (side * 0.8))))).astype(int))
         cols = np.unique(np.linspace(0, width - side, max(1, int(np.ceil(width / (side * 0.8))))).astype(int))
         result += [(x, y, x + side, y + side) for y in rows for x in cols if (x, y, x + side, y + side) not in result]

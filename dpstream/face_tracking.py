@@ -36,10 +36,11 @@ this is moving: its mesh is first looked for in a wider region."""
 class FaceTracking:
     """Finds and tracks the faces of consecutive frames (one video)."""
 
-    def __init__(self, finder: FaceFinder, tracker: Tracker, detect_every: int = 1):
+    def __init__(self, finder: FaceFinder, tracker: Tracker, detect_every: int = 1, recall_every: int = 1, spread_tiles: bool = False):
         self.finder = finder
         self.tracker = tracker
-        self.key_frames = KeyFrames(detect_every, finder.recall_detector if finder is not None else None)
+        recall_detector = finder.recall_detector if finder is not None else None
+        self.key_frames = KeyFrames(detect_every, recall_detector, recall_every, spread_tiles)
 
     def process(self, frame: VideoFrame, mark: KeyFrameMark | None = None) -> Faces:
         """The frame's faces: found or re-fitted ones first, then faces held by the tracker.
@@ -101,7 +102,7 @@ class FaceTracking:
 
     def _new_faces(self, image: np.ndarray, known: Faces, mark: KeyFrameMark) -> Faces:
         """Detected faces that are not one of ``known``, with meshes (boxes from the mesh)."""
-        found = self.finder.detect_mediapipe(image, tiled=mark.tiles)
+        found = self.finder.detect_mediapipe(image, tiled=mark.tiles, tile_part=mark.tile_part)
         if mark.recall is not None:
             found = with_recall(found, mark.recall)
         new = [i for i in range(len(found)) if not any(same_face(found.boxes[i], box) for box in known.boxes)]

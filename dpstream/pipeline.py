@@ -44,9 +44,10 @@ comes in bursts, one run in ``recall_every`` frames."""
 class Anonymizer:
     """Finds, tracks and replaces the faces of frames.
 
-    ``process`` handles one frame at once (live streams: full detection on every frame);
     ``tracked``/``stream`` delay frames by the look-ahead buffer, so that later frames can fill
-    gaps in earlier ones and detection can run every ``detect_every`` frames only (files).
+    gaps in earlier ones (files). Without look-ahead (``look_ahead=False``: live streams) each
+    frame is handled at once: the whole-frame detector runs on every frame and the tiles are
+    spread over each ``detect_every`` frames (``KeyFrames.spread_tiles``).
     ``stills`` (unrelated photos): each frame is searched on its own, nothing is tracked.
     ``registry`` (a ``ScopedRegistry``): people are matched and drawn there (batch runs).
     """
@@ -57,23 +58,23 @@ class Anonymizer:
         threadpool_limits(limits=1, user_api="blas")
         self.config = config
         self.finder = FaceFinder(min_score=config.min_face_score, tile_levels=config.detect_tiles, recall=config.detector_recall)
-        # detection on every frame unless the look-ahead of ``tracked`` covers faces found late
-        self.tracking = FaceTracking(self.finder, Tracker(hold_seconds=config.hold_seconds), detect_every=1)
+        # without look-ahead nothing covers a face found late: detect on every frame, tiles spread
+        # (``tracked`` turns the spreading off when it looks ahead)
+        tracker = Tracker(hold_seconds=config.hold_seconds)
+        self.tracking = FaceTracking(self.finder, tracker, config.detect_every, config.recall_every, spread_tiles=True)
         self.stills = StillFaces(self.finder) if stills else None
         self.replacer = make_replacer(config, stills=stills, registry=registry)
 
-    def process(self, frame: VideoFrame) -> ReplacedFrame:
-        return self.replacer.replace(frame, self._faces_now(frame))
-
-    def tracked(self, frames: Iterable[VideoFrame]) -> Iterator[TrackedFrame]:
+    def tracked(self, frames: Iterable[VideoFrame], look_ahead: bool = True) -> Iterator[TrackedFrame]:
         """``frames`` in order with their faces, each once ``lookahead_frames`` later frames have
         been tracked (all remaining ones at the end). Key frames are marked (``KeyFrames``) on
-        a thread of their own, ahead of tracking."""
-        if self.stills is not None or self.config.lookahead_frames == 0:
+        a thread of their own, ahead of tracking. Without ``look_ahead`` (or ``lookahead_frames``
+        0) each frame comes with its faces at once."""
+        if self.stills is not None or not look_ahead or self.config.lookahead_frames == 0:
             yield from (TrackedFrame(frame, self._faces_now(frame)) for frame in frames)
             return
         key_frames = self.tracking.key_frames
-        key_frames.detect_every, key_frames.recall_every = self.config.detect_every, self.config.recall_every
+        key_frames.spread_tiles = False  # the look-ahead covers faces first found on a key frame
         buffer = LookAhead(self.tracking, self.config.lookahead_frames, min_backfill=self.config.detection_gap - 1)
         marked = Prefetch(((frame, key_frames.mark(frame.image)) for frame in frames), size=MARKED_AHEAD, name="dpstream-key-frames")
         try:
@@ -83,17 +84,18 @@ class Anonymizer:
             marked.close()
         yield from buffer.flush()
 
-    def stream(self, frames: Iterable[VideoFrame], overlap: bool = True) -> Iterator[ReplacedFrame]:
-        """Anonymized ``frames`` in order, with look-ahead gap filling (see ``tracked``).
+    def stream(self, frames: Iterable[VideoFrame], overlap: bool = True, look_ahead: bool = True) -> Iterator[ReplacedFrame]:
+        """Anonymized ``frames`` in order, with look-ahead gap filling unless ``look_ahead`` is
+        False (see ``tracked``).
 
         With ``overlap``, faces are found and tracked on a background thread, a few frames ahead
         of the replacement (``frames`` is then iterated on that thread).
         """
         if not overlap:
-            for item in self.tracked(frames):
+            for item in self.tracked(frames, look_ahead):
                 yield self.replacer.replace(item.frame, item.faces)
             return
-        tracked = Prefetch(self.tracked(frames), size=TRACKED_AHEAD, name="dpstream-track")
+        tracked = Prefetch(self.tracked(frames, look_ahead), size=TRACKED_AHEAD, name="dpstream-track")
         try:
             for item in tracked:
                 yield self.replacer.replace(item.frame, item.faces)

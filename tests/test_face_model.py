@@ -440,13 +440,13 @@ def test_the_context_stage_predicts_part_of_an_unseen_persons_code_from_the_head
     errors, spreads = [], []
     for image, landmarks in eval_split_faces(16):
         code = model.encode(image, landmarks)
-        predicted = fitted.condition(image, landmarks, np.zeros(model.dim))  # the release's part is 0 here
-        assert np.array_equal(model.condition(image, landmarks, code), code)  # no stage (default): unchanged
+        predicted = fitted.condition(image, landmarks, np.zeros(model.dim)).identity  # the release's part is 0 here
+        assert np.array_equal(model.condition(image, landmarks, code).identity, code)  # no stage (default): unchanged
         errors.append(np.sum((code - predicted) ** 2))
         spreads.append(np.sum(code**2))  # the error of predicting the mean (zero) code
     assert np.mean(errors) < 0.85 * np.mean(spreads)  # held-out R² on the train split's fifth: 0.32
     release = model.post_process(np.random.default_rng(7).normal(size=model.dim))
-    first, second = (fitted.condition(image, landmarks, release) for image, landmarks in eval_split_faces(2))
+    first, second = (fitted.condition(image, landmarks, release).identity for image, landmarks in eval_split_faces(2))
     assert np.linalg.norm(first - second) > 0.05  # one release, two heads: two different faces
 
 
@@ -477,3 +477,89 @@ def test_a_person_keeps_the_face_fitted_to_its_first_frame(fitted):
     fresh = rendered(DpFaceReplacer(fitted, PrivacyConfig(epsilon=1.0), testing_seed=0), relit, 0.0)
     assert np.abs(later - first).mean() < 1.0  # the same face: fitted once, at its first frame
     assert np.abs(fresh - first).mean() > 3.0  # fitted to the other surroundings it is another face
+
+
+def generator_model(folder: Path) -> FaceModel:
+    """The default model with a small generator stage in place of its refiner: the drawn texture
+    is the decoded one plus the mean colour of the kept context (its first three planes over
+    their weight, the fourth), less 128: a face drawn on a brighter head comes out brighter."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    manifest = load_manifest(None)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Slice", ["context", "colour_start", "colour_end", "channel_axis"], ["colour"]),
+            helper.make_node("Slice", ["context", "colour_end", "weight_end", "channel_axis"], ["weight"]),
+            helper.make_node("ReduceSum", ["colour", "spatial_axes"], ["colour_sum"], keepdims=1),
+            helper.make_node("ReduceSum", ["weight", "spatial_axes"], ["weight_sum"], keepdims=1),
+            helper.make_node("Max", ["weight_sum", "one"], ["weight_floor"]),
+            helper.make_node("Div", ["colour_sum", "weight_floor"], ["mean_colour"]),
+            helper.make_node("Sub", ["mean_colour", "grey"], ["shift"]),
+            helper.make_node("Add", ["texture", "shift"], ["generated"]),
+        ],
+        "context_generator",
+        [
+            helper.make_tensor_value_info("texture", TensorProto.FLOAT, [1, 3, 128, 128]),
+            helper.make_tensor_value_info("context", TensorProto.FLOAT, [1, 4, 128, 128]),
+        ],
+        [helper.make_tensor_value_info("generated", TensorProto.FLOAT, [1, 3, 128, 128])],
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "colour_start"),
+            numpy_helper.from_array(np.array([3], np.int64), "colour_end"),
+            numpy_helper.from_array(np.array([4], np.int64), "weight_end"),
+            numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
+            numpy_helper.from_array(np.array([2, 3], np.int64), "spatial_axes"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(128.0, np.float32), "grey"),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "generator.onnx")
+    raw = yaml.safe_load(manifest.path.read_text())
+    for name in ("encoder.onnx", "decoder.onnx", "template.npz", "codebook.npy"):
+        os.symlink(manifest.path.parent / name, folder / name)
+    raw.pop("refiner")
+    texture = [1, 3, 128, 128]
+    raw["generator"] = {"file": "generator.onnx", "inputs": {"texture": texture, "context": [1, 4, 128, 128]},
+                        "outputs": {"generated": texture}, "context_cell_px": 4}  # fmt: skip
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(raw))
+    return FaceModel.load(folder / "manifest.yaml")
+
+
+def test_a_generator_draws_the_face_from_the_kept_context_of_the_persons_first_frame(tmp_path):
+    generated = generator_model(tmp_path)
+    image, landmarks = synthetic_face(radius=50.0)
+    dark, bright = (np.clip(image.astype(int) + offset, 0, 255).astype(np.uint8) for offset in (-60, 60))
+    release = generated.post_process(np.random.default_rng(8).normal(size=generated.dim))
+    on_dark, on_bright = (generated.condition(frame, landmarks, release) for frame in (dark, bright))
+    context_weight = on_dark.context[0, 3]
+    assert np.array_equal(on_dark.identity, release) and context_weight.max() == 1.0 and context_weight[64, 64] == 0.0
+    weighted_mean = lambda look: (look.context[0, :3] * context_weight).sum() / context_weight.sum() / 3  # noqa: E731
+    assert weighted_mean(on_bright) - weighted_mean(on_dark) > 80  # the kept surroundings, as the generator sees them
+    # the texture drawn follows the head it was conditioned on (the renderer then matches its
+    # colour to the frame, which removes this toy generator's uniform shift, not a real one's)
+    backend = generated._backend
+    (texture_dark, _), (texture_bright, _) = (backend.face_texture(release, np.zeros(6), look.context) for look in (on_dark, on_bright))
+    interior = backend.template.decoded_weight[..., 0] > 0.99
+    assert (texture_bright - texture_dark)[interior].mean() > 80
+    # region head replaces the surroundings: the generator gets no context from them
+    headless = generated.condition(bright, landmarks, release, kept_context=False)
+    assert not headless.context.any()
+    # a bare identity: the generator draws from this frame's context, as if conditioned on it
+    bare, conditioned = image.copy(), image.copy()
+    generated.render(bare, landmarks, release)
+    generated.render(conditioned, landmarks, generated.condition(image, landmarks, release))
+    assert np.array_equal(bare, conditioned) and not np.array_equal(bare, image)
+
+
+def test_generator_manifests_are_checked(tmp_path):
+    generator_model(tmp_path)
+    raw = yaml.safe_load((tmp_path / "manifest.yaml").read_text())
+    wrong_shape = {**raw, "generator": {**raw["generator"], "inputs": {"texture": [1, 3, 128, 128], "context": [1, 3, 128, 128]}}}
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong_shape))
+    with pytest.raises(ManifestError, match="'generator' must map inputs"):
+        load_manifest(tmp_path / "wrong.yaml")
+    os.symlink(DEFAULT_MANIFEST.parent / "refiner.onnx", tmp_path / "refiner.onnx")
+    both = {**raw, "refiner": yaml.safe_load(DEFAULT_MANIFEST.read_text())["refiner"]}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(both))
+    with pytest.raises(ManifestError, match="a 'refiner' or a 'generator', not both"):
+        load_manifest(tmp_path / "both.yaml")

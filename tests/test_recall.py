@@ -48,7 +48,7 @@ def test_faces_only_the_recall_detector_finds_are_covered_in_the_output(small_di
     for name, method, recall in (("normal", "blur", "normal"), ("high", "blur", "high"), ("dp", "dp", "high")):
         anonymizer = Anonymizer(Config(method=method, detector_recall=recall))
         try:
-            results[name] = anonymizer.process(VideoFrame(image.copy(), 0))
+            (results[name],) = anonymizer.stream([VideoFrame(image.copy(), 0)], overlap=False, look_ahead=False)
         finally:
             anonymizer.close()
         outputs[name] = results[name].frame.image

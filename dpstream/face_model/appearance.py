@@ -54,6 +54,8 @@ REFINED_SHARE = 0.5
 """Share of the refiner's change that is applied. Fully refined faces look more real, and then
 the cues the renderer keeps from the frame (hair, outline, pose, colour) count for more: dlib
 accepted about 2 % of fully refined anonymized faces as the original person, about 1 % at half."""
+GENERATED_SHARE = 1.0
+"""Share of the generator's change that is applied."""
 REFINED_SHARPEN_AMOUNT = 0.4
 """Unsharp-mask strength after the refiner (faces upscaled beyond the 128-px texture still soften)."""
 SHARPEN_SIGMA_PX = 1.5
@@ -164,6 +166,16 @@ def depth_ramp(canonical_vertices: np.ndarray, size: int, width_px: float) -> np
     oval = np.zeros((size, size), np.uint8)
     cv2.fillPoly(oval, [np.round(np.asarray(canonical_vertices)[list(FACE_OVAL)]).astype(np.int32)], 1)
     return smoothstep((cv2.distanceTransform(oval, cv2.DIST_L2, 5) - 1) / width_px).astype(np.float32)[..., None]
+
+
+def context_planes(texture: np.ndarray, kept: np.ndarray, cell_px: int) -> np.ndarray:
+    """(1, 4, S, S) float32: the (S, S, 3) canonical ``texture`` weighted by ``kept`` (S, S), as
+    mean colours of ``cell_px`` cells times ``kept``, and ``kept`` (as the generator was trained)."""
+    size, cells = kept.shape[0], kept.shape[0] // cell_px
+    weighted = (texture * kept[..., None]).reshape(cells, cell_px, cells, cell_px, 3).mean((1, 3))
+    weight = kept.reshape(cells, cell_px, cells, cell_px).mean((1, 3))
+    colour = np.repeat(np.repeat(weighted / np.maximum(weight, 1e-3)[..., None], cell_px, 0), cell_px, 1)
+    return np.concatenate([(colour * kept[..., None]).transpose(2, 0, 1), kept[None]]).reshape(1, 4, size, size).astype(np.float32)
 
 
 def fill_outline(decoded: np.ndarray, template: AppearanceTemplate) -> np.ndarray:
@@ -283,6 +295,8 @@ class AppearanceModel:
         self.encoder = open_network(manifest.encoder, "encoder", threads)
         self.decoder = open_network(manifest.decoder, "decoder", threads)
         self.refiner = open_network(manifest.refiner, "refiner", threads) if manifest.refiner is not None else None
+        self.generator = open_network(manifest.generator, "generator", threads) if manifest.generator is not None else None
+        self._kept = (self.template.hull_mask * (1.0 - self.template.decoded_weight[..., 0])).astype(np.float32)
         modes = len(self.template.expression_std)
         kept = manifest.expression_from_frame if manifest.expression_from_frame is not None else range(modes)
         self._expression_kept = np.isin(np.arange(modes), kept).astype(np.float64)  # 1: taken from the frame
@@ -290,6 +304,16 @@ class AppearanceModel:
         self._separable_decoder = self._decoder_is_separable()
         self._shared_shape_per_expression = self._shape_per_expression_if_shared() if self._separable_decoder else None
         self.detail_pattern = detail_pattern(self.template.size * MAX_FINE_FACTOR)
+
+    def warm_up(self) -> None:
+        """Encode and render the template's mean face on a grey image once, so that the first
+        real face does not pay for the networks' and kernels' first runs (~0.4 s)."""
+        t = self.template
+        landmarks = 2.0 * (t.mean_shape * t.canonical_scale + t.canonical_offset)
+        image = np.full((2 * t.size, 2 * t.size, 3), 128, np.uint8)
+        identity = self.encode(image, landmarks)
+        self.render(image, landmarks, np.zeros_like(identity))
+        self._people.clear()
 
     def _pose(self, landmarks: np.ndarray) -> Similarity:
         """Similarity mapping aligned shape units onto this face, after sanity checks."""
@@ -336,8 +360,9 @@ class AppearanceModel:
         )
         return np.ascontiguousarray(texture[0].transpose(1, 2, 0)), shape[0].astype(np.float64)
 
-    def face_texture(self, identity: np.ndarray, expression: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded texture (refined, its outline filled) and the (468, 2) canonical shape.
+    def face_texture(self, identity: np.ndarray, expression: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded texture (refined or generated, its outline filled) and the (468, 2)
+        canonical shape. ``context``: the generator's kept-context input (``context_planes``).
 
         For a separable decoder (the default model: texture from the identity alone, shape
         affine in the expression) each person is decoded once and kept while in view; a frame
@@ -345,24 +370,30 @@ class AppearanceModel:
         """
         if not self._separable_decoder:
             texture, shape = self.decode(identity, expression)
-            return fill_outline(self.refine(texture), self.template), shape
-        key = np.asarray(identity, np.float32).tobytes()
+            return fill_outline(self.refine(texture, context), self.template), shape
+        key = np.asarray(identity, np.float32).tobytes() + (b"" if context is None else np.asarray(context, np.float32).tobytes())
         person = self._people.get(key)
         if person is None:
-            person = self._people[key] = self._decode_person(identity)
+            person = self._people[key] = self._decode_person(identity, context)
             if len(self._people) > DECODED_PEOPLE_KEPT:
                 self._people.popitem(last=False)
         self._people.move_to_end(key)
         return person.texture, person.shape(expression)
 
-    def _decode_person(self, identity: np.ndarray) -> DecodedPerson:
+    def _decode_person(self, identity: np.ndarray, context: np.ndarray | None) -> DecodedPerson:
         texture, at_rest = self.decode(identity, np.zeros_like(self.template.expression_std))
         per_expression = self._shared_shape_per_expression
         if per_expression is None:
             per_expression = self._shape_per_expression(identity, at_rest)
-        texture = fill_outline(self.refine(texture), self.template)
+        texture = fill_outline(self.refine(texture, context), self.template)
         texture.flags.writeable = False
         return DecodedPerson(texture, at_rest, per_expression)
+
+    def context_planes(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """(1, 4, S, S) the generator's context input for the face at ``landmarks``: the frame's
+        canonical texture where the renderer keeps the frame (outside the face mesh), as mean
+        colours of ``context_cell_px`` cells, times its weight there; and that weight."""
+        return context_planes(self._texture(image_rgb, landmarks), self._kept, self.manifest.context_cell_px)
 
     def _shape_per_expression(self, identity: np.ndarray, at_rest: np.ndarray) -> np.ndarray:
         """(E, 468, 2) shape change per unit of each expression coefficient (one decoder pass each)."""
@@ -418,12 +449,18 @@ class AppearanceModel:
         )  # fmt: skip
         return cv2.multiply(pattern, face_weight, scale=level)
 
-    def refine(self, texture: np.ndarray) -> np.ndarray:
+    def refine(self, texture: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         """The refiner stage on a decoded (S, S, 3) texture: ``REFINED_SHARE`` of its change is
-        applied (the texture is unchanged when the model has no refiner).
+        applied (the texture is unchanged when the model has neither refiner nor generator).
+        A generator stage draws the texture from it and ``context`` (the kept surroundings).
 
-        It sees only the decoder's output, never the frame: post-processing of the DP release.
+        It sees only the decoder's output and channels the renderer keeps anyway, never the
+        inner face: post-processing of the DP release.
         """
+        if self.generator is not None:
+            inputs = {"texture": texture.transpose(2, 0, 1)[None], "context": np.asarray(context, np.float32)}
+            (generated,) = self.generator.run(None, inputs)
+            return np.ascontiguousarray(texture + GENERATED_SHARE * (generated[0].transpose(1, 2, 0) - texture))
         if self.refiner is None:
             return texture
         (refined,) = self.refiner.run(None, {self.manifest.refiner.input_name: texture.transpose(2, 0, 1)[None]})
@@ -440,14 +477,18 @@ class AppearanceModel:
         limit = EXPRESSION_CLIP_SD * t.expression_std
         return np.clip(code, -limit, limit) * self._expression_kept
 
-    def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None:
-        """Decode ``identity`` with this frame's pose/expression and blend it into the image in place."""
+    def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray, context: np.ndarray | None = None) -> None:
+        """Decode ``identity`` with this frame's pose/expression and blend it into the image in
+        place. A generator model draws from ``context`` (the person's, kept from its first
+        frame), else from this frame's."""
         t = self.template
         to_frame = self._pose(landmarks)
-        texture, shape = self.face_texture(identity, self.expression_code(landmarks, to_frame))
         original = self._texture(image_rgb, landmarks)
+        if self.generator is not None and context is None:
+            context = context_planes(original, self._kept, self.manifest.context_cell_px)
+        texture, shape = self.face_texture(identity, self.expression_code(landmarks, to_frame), context)
         texture = match_colour(original, texture, t)
-        sharpen = SHARPEN_AMOUNT if self.refiner is None else REFINED_SHARPEN_AMOUNT
+        sharpen = SHARPEN_AMOUNT if self.refiner is None and self.generator is None else REFINED_SHARPEN_AMOUNT
         if sharpen > 0:
             texture += sharpen * (texture - cv2.GaussianBlur(texture, (0, 0), SHARPEN_SIGMA_PX))
         texture = np.clip(texture, 0, 255)

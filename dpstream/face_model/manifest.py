@@ -17,6 +17,12 @@ Optional ``refiner`` (appearance models): a network from the decoder's canonical
 decoder and before colour matching. It sees only the decoder's output, so it is
 post-processing of the DP release like the codebook below.
 
+Optional ``generator`` (appearance models, instead of a refiner): a network from the decoder's
+canonical ``texture`` (1x3xSxS) and the face's kept ``context`` (1x4xSxS: the frame's canonical
+texture outside the face mesh as mean colours of ``context_cell_px`` cells, and its weight) to
+the texture drawn (1x3xSxS). Its inputs are the release and channels the renderer keeps anyway:
+post-processing, like the context stage below (``tools/train_generator.py``).
+
 Optional ``expression_from_frame`` (appearance models): the indices of the pose/expression
 modes taken from the frame; the others are left at 0 (the average face's). Default: all.
 
@@ -110,6 +116,8 @@ class Manifest:
     refiner: NetworkSpec | None = None  # appearance: post-decoder texture refiner
     expression_from_frame: tuple[int, ...] | None = None  # appearance: modes taken from the frame (None: all)
     context_path: Path | None = None  # appearance: context model fitting the release to the head (.npz)
+    generator: NetworkSpec | None = None  # appearance: texture generator from the release and the kept context
+    context_cell_px: int = 4  # generator: cell size of its context input
 
 
 def _require(mapping: dict, key: str, where: str):
@@ -180,6 +188,15 @@ def _check_appearance(manifest: Manifest) -> None:
         texture = (1, 3, manifest.crop_size, manifest.crop_size)
         if list(manifest.refiner.inputs.values()) != [texture] or list(manifest.refiner.outputs.values()) != [texture]:
             raise ManifestError(f"model manifest: 'refiner' must map one {texture} texture to one {texture} texture")
+    if manifest.generator is not None:
+        size = manifest.crop_size
+        wanted = {"texture": (1, 3, size, size), "context": (1, 4, size, size)}
+        if manifest.generator.inputs != wanted or list(manifest.generator.outputs.values()) != [wanted["texture"]]:
+            raise ManifestError(f"model manifest: 'generator' must map inputs {wanted} to one {wanted['texture']} texture")
+        if manifest.refiner is not None:
+            raise ManifestError("model manifest: give a 'refiner' or a 'generator', not both")
+        if size % manifest.context_cell_px:
+            raise ManifestError(f"model manifest: 'generator.context_cell_px' must divide the crop size {size}")
 
 
 def _check_face_swap(manifest: Manifest) -> None:
@@ -262,8 +279,10 @@ def _parse_manifest(raw: dict, path: Path) -> Manifest:
         refiner=_network(raw["refiner"], "refiner", folder) if raw.get("refiner") is not None else None,
         expression_from_frame=_mode_list(raw.get("expression_from_frame")),
         context_path=folder / str(context) if context is not None else None,
+        generator=_network(raw["generator"], "generator", folder) if raw.get("generator") is not None else None,
+        context_cell_px=_positive((raw.get("generator") or {}).get("context_cell_px", 4), "generator.context_cell_px", int),
     )
-    for stage in ("refiner", "context"):
+    for stage in ("refiner", "context", "generator"):
         if raw.get(stage) is not None and kind != "appearance":
             raise ManifestError(f"model manifest: '{stage}' is only supported for kind 'appearance'")
     (_check_appearance if kind == "appearance" else _check_face_swap)(manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,17 @@ class _Backend(Protocol):
     def encode(self, image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray: ...
 
     def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None: ...
+
+    def warm_up(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PersonLook:
+    """What one person's face is drawn from, fixed at its first rendered frame: the identity to
+    decode and, for a model with a generator stage, the kept context of that frame."""
+
+    identity: np.ndarray  # (dim,)
+    context: np.ndarray | None = None  # (1, 4, S, S) generator input (``AppearanceModel.context_planes``)
 
 
 class FaceModel:
@@ -49,6 +61,11 @@ class FaceModel:
         manifest = load_manifest(manifest_path)
         backend = AppearanceModel(manifest, threads) if manifest.kind == "appearance" else SwapModel(manifest, threads)
         return cls(manifest, backend)
+
+    def warm_up(self) -> None:
+        """Run the networks (and kernels) once on a synthetic face: the first real face is then
+        as fast as the others. Touches no frame and no privacy state."""
+        self._backend.warm_up()
 
     @property
     def dim(self) -> int:
@@ -87,27 +104,37 @@ class FaceModel:
             return np.zeros_like(released)
         return released * (self.manifest.typical_norm / norm)
 
-    def condition(self, image_rgb: np.ndarray, landmarks: np.ndarray, released: np.ndarray) -> np.ndarray:
-        """The identity to decode for a post-processed release on this face: fitted to the head
-        around it when the model has a context stage (``context.py``), else ``released`` itself.
+    def condition(self, image_rgb: np.ndarray, landmarks: np.ndarray, released: np.ndarray, kept_context: bool = True) -> PersonLook:
+        """What to draw for a post-processed release on this face: the identity fitted to the
+        head around it when the model has a context stage (``context.py``), else ``released``
+        itself; with a generator stage, also the context it draws from (zero where the caller
+        replaces the surroundings too: ``kept_context`` False).
 
         Post-processing with channels the renderer keeps anyway; call it once per person (its
         first rendered frame) and render that person's later frames with the result.
         """
         released = np.asarray(released, np.float64).reshape(-1)
-        if self._context is None:
-            return released
-        texture = self._backend.texture(image_rgb, landmarks)
-        return self._context.condition(released, texture)
+        identity = released
+        if self._context is not None:
+            identity = self._context.condition(released, self._backend.texture(image_rgb, landmarks))
+        if self.manifest.generator is None:
+            return PersonLook(identity)
+        context = self._backend.context_planes(image_rgb, landmarks)
+        return PersonLook(identity, context if kept_context else np.zeros_like(context))
 
-    def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, identity: np.ndarray) -> None:
-        """Blend a face with ``identity`` and this frame's pose/expression into ``image_rgb`` in place.
+    def render(self, image_rgb: np.ndarray, landmarks: np.ndarray, look: PersonLook | np.ndarray) -> None:
+        """Blend a face drawn from ``look`` (or a bare identity vector: a generator model then
+        draws from this frame's context) with this frame's pose/expression into ``image_rgb``.
 
         Raises ``RenderError`` when the face cannot be rendered (the caller falls back).
         """
-        identity = np.asarray(identity, np.float64).reshape(-1)
+        look = look if isinstance(look, PersonLook) else PersonLook(look)
+        identity = np.asarray(look.identity, np.float64).reshape(-1)
         if identity.shape != (self.dim,) or not np.isfinite(identity).all():
             raise RenderError(f"identity must be {self.dim} finite values, got shape {identity.shape}")
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise RenderError("image must be (H, W, 3) uint8 RGB")
-        self._backend.render(image_rgb, landmarks, identity)
+        if look.context is None:
+            self._backend.render(image_rgb, landmarks, identity)
+        else:
+            self._backend.render(image_rgb, landmarks, identity, look.context)

@@ -38,6 +38,14 @@ class SwapModel:
         self.identity_input = next(n for n, s in manifest.decoder.inputs.items() if len(s) == 2)
         self.mask = feathered_square(manifest.crop_size)
 
+    def warm_up(self) -> None:
+        """Run both networks once on grey inputs (their first run is the slow one)."""
+        grey = np.full((self.encoder_size, self.encoder_size, 3), 128, np.uint8)
+        self.encoder.run(None, {self.encoder_input: self.manifest.encoder.normalization.to_network(grey)})
+        crop = np.full((self.manifest.crop_size, self.manifest.crop_size, 3), 128, np.uint8)
+        identity = np.zeros((1, self.manifest.embedding_dim), np.float32)
+        self.decoder.run(None, {self.crop_input: self.manifest.decoder.normalization.to_network(crop), self.identity_input: identity})
+
     def _crop(self, image_rgb: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Aligned (size, size, 3) crop and the 2x3 matrix mapping frame -> crop pixels."""
         mesh = np.asarray(landmarks, np.float64)[:MESH_POINTS]

@@ -22,6 +22,7 @@ import numpy as np
 
 from dpstream.config import Config
 from dpstream.face_model import FaceModel
+from dpstream.face_model.model import PersonLook
 from dpstream.face_model.runtime import RUNTIME_ERRORS
 from dpstream.privacy import Identity, IdentityCache, PrivacyConfig, make_mechanism
 from dpstream.privacy.registry import ScopedRegistry
@@ -91,12 +92,17 @@ class DpFaceReplacer:
         self.photos_with_faces = 0
         self.reassociation_wait = privacy.reassociation_wait
         self._new_tracks: dict[int, float] = {}  # track id -> first time seen, until it has a person
-        self._conditioned: OrderedDict[int, np.ndarray] = OrderedDict()  # person id -> identity to decode
+        self._conditioned: OrderedDict[int, PersonLook] = OrderedDict()  # person id -> what its face is drawn from
 
     @classmethod
     def from_config(cls, config: Config, stills: bool = False, registry: ScopedRegistry | None = None) -> DpFaceReplacer:
+        model = FaceModel.load(config.model)
+        try:
+            model.warm_up()
+        except Exception:  # a model that fails here fails on real faces too, where it is counted
+            pass
         return cls(
-            FaceModel.load(config.model),
+            model,
             config.privacy,
             min_face_px=config.dp_min_face_px,
             stills=stills,
@@ -167,10 +173,13 @@ class DpFaceReplacer:
         self.fallbacks += fallbacks
         return ReplacedFrame(frame, faces, fallbacks)
 
-    def _identity_to_decode(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> np.ndarray:
+    def _identity_to_decode(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> PersonLook:
         """The person's release fitted to the head around it, from the first frame it is rendered in
         (the untouched frame), then kept: the face stays the same from frame to frame."""
-        return kept_per_person(self._conditioned, person.person_id, lambda: self.model.condition(image, landmarks, person.noisy_embedding))
+        kept_context = self.head is None  # region head replaces the surroundings: a generator gets none of them
+        return kept_per_person(
+            self._conditioned, person.person_id, lambda: self.model.condition(image, landmarks, person.noisy_embedding, kept_context)
+        )
 
     def _hair_of(self, image: np.ndarray, landmarks: np.ndarray, person: Identity) -> HairStyle:
         """The person's generated hair, chosen on its first painted frame (from the rendered face's tone), then kept."""
