@@ -14,7 +14,6 @@ from dpstream.face_finder import FaceFinder
 from dpstream.face_tracking import FaceTracking
 from dpstream.key_frames import KeyFrames
 from dpstream.pipeline import Anonymizer
-from dpstream.recall_detector import CenterFace
 from dpstream.tracker import BoxKalman, OneEuroFilter, Tracker
 from dpstream.types import NUM_LANDMARKS, Faces, VideoFrame
 
@@ -155,15 +154,28 @@ def test_the_scene_cuts_of_the_multiface_clip_are_found():
 
 @requires_shared
 def test_centerface_runs_on_every_other_key_frame_and_on_scene_cuts():
-    """detect_every 5, recall_every 10 on the multiface clip (cut at frame 20): CenterFace runs at
-    0, 10, 20 (the cut) and 30; MediaPipe's tiles run on the key frames between."""
+    """detect_every 5, recall_every 10 on the multiface clip (cut at frame 20), key frames as an
+    anonymizer sets them up: in a file run (look-ahead) CenterFace runs at 0, 10, 20 (the cut) and
+    30 and MediaPipe's tiles on the key frames between; in a live run (no look-ahead) MediaPipe
+    runs on every frame with a fifth of its tiles in turn."""
     frames = decoded_rgb_frames(VIDEOS / "multiface_640x360_hamilton.mp4")[:36]
-    key_frames = KeyFrames(detect_every=5, recall_detector=CenterFace(), recall_every=10)
+    anonymizer = Anonymizer(Config(method="blur", detect_every=5, recall_every=10))
+    key_frames = anonymizer.tracking.key_frames
+    key_frames.spread_tiles = False  # as ``Anonymizer.tracked`` does with its look-ahead
     marks = [key_frames.mark(image) for image in frames]
     assert [i for i, mark in enumerate(marks) if mark.key] == [0, 5, 10, 15, 20, 25, 30, 35]
     assert [i for i, mark in enumerate(marks) if mark.recall is not None] == [0, 10, 20, 30]
     assert [i for i, mark in enumerate(marks) if mark.key and mark.tiles] == [5, 15, 25, 35]
     assert len(marks[20].recall) > 0  # the audience after the cut
+    key_frames.spread_tiles = True
+    key_frames.reset()
+    live = [key_frames.mark(image) for image in frames[:22]]
+    assert all(mark.key for mark in live)
+    assert [mark.tile_part for mark in live[:6]] == [None, (1, 5), (2, 5), (3, 5), (4, 5), (0, 5)]
+    # CenterFace's frames (first, every 10th, the cut) skip the tiles, as in file runs
+    assert [i for i, mark in enumerate(live) if mark.recall is not None] == [0, 10, 20]
+    assert [i for i, mark in enumerate(live) if not mark.tiles] == [0, 10, 20] and live[21].tile_part == (1, 5)
+    anonymizer.close()
 
 
 @requires_shared

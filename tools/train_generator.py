@@ -39,7 +39,14 @@ Runs so far (all seed 0, one thread, on the busy 2-core machine; none shipped):
    step 1,000 the released faces got grid and speckle artifacts, by step 3,000 a checkerboard over
    the whole face; sex and age followed the decoded code as before.
 2. the defaults below (``--detail-weight 2``, ``--adversarial-weight 0.02``, spectral norm in the
-   critic), ``--minutes 50``: see the README of tools/ for where it stopped and what it drew.
+   critic), ``--minutes 50``: 3,392 steps (50 min). Cleaner at step 1,000 but green casts and
+   stripes on foreheads; at the end, drawn at 1:1 on the close-up clip, a checkerboard of dark
+   and light speckles over eyes and cheeks (``benchmarks/results/face_model_generator_run2.png``,
+   beside the original); sex still followed the release, not the head. The critic's hinge
+   loss fell only from 4 (chance, two heads) to about 3.
+What the next run should change: more steps than a session gives (the critic learns face-head
+agreement slowly), a critic that sees the face at a coarser scale only (the artifacts live at 4
+to 8 pixels), and an upsampler without PixelShuffle's checkerboard (resize, then convolve).
 """
 
 from __future__ import annotations
