@@ -159,7 +159,6 @@ class LiveRun:
         self.started: float | None = None
         self.finished = False
         self.privacy: dict = {}  # persons and ε spent, copied from the ledger in the anonymize thread
-        self.privacy_releases = -1
         self.config = config
         self.report = report
         self.clock = LiveClock()
@@ -309,9 +308,8 @@ class LiveRun:
                 self.ledger.update()
         except OSError as error:
             raise OutputError(f"{path}: cannot write the privacy ledger ({error.strerror})") from None
-        if self.status_page is not None and (finished or replacer.releases != self.privacy_releases):
-            self.privacy_releases = replacer.releases
-            self.privacy = privacy_figures(replacer.ledger())  # replaced whole: the HTTP thread reads it as is
+        if self.status_page is not None:
+            self.privacy = privacy_figures(self.ledger.contents)  # replaced whole: the HTTP thread reads it as is
 
     def _audio_sinks(self) -> list:
         """The outputs that take audio (a virtual camera does not)."""

@@ -318,8 +318,7 @@ class LiveSink:
         """Mux a video packet after the audio before it, then the next audio packet if any: with
         a packet of each stream queued, FFmpeg lets the video packet out at once."""
         time_ = self._packet_time(packet)
-        while self.audio_packets and self._packet_time(self.audio_packets[0]) <= time_:
-            self._mux_audio(self.audio_packets.popleft())
+        self._mux_audio_before(time_)
         self.container.mux(packet)
         self.video_muxed = max(self.video_muxed, time_)
         self.first_muxed = time_ if self.first_muxed is None else self.first_muxed
@@ -328,9 +327,13 @@ class LiveSink:
     def _mux_audio_until(self, time_: float) -> None:
         """Mux the audio packets up to ``time_`` and, unless one after the last video packet is
         muxed already, the next one (so that FFmpeg lets that video packet out)."""
-        while self.audio_packets and self._packet_time(self.audio_packets[0]) <= time_:
-            self._mux_audio(self.audio_packets.popleft())
+        self._mux_audio_before(time_)
         if self.audio_packets and self.video_muxed >= 0 and self.audio_muxed <= self.video_muxed:
+            self._mux_audio(self.audio_packets.popleft())
+
+    def _mux_audio_before(self, time_: float) -> None:
+        """Mux the audio packets up to ``time_`` (output seconds)."""
+        while self.audio_packets and self._packet_time(self.audio_packets[0]) <= time_:
             self._mux_audio(self.audio_packets.popleft())
 
     def _mux_audio(self, packet: av.Packet) -> None:

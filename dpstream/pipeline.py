@@ -243,6 +243,7 @@ class RunLedger:
     def __init__(self, replacer, path: Path, summary: RunSummary):
         self.replacer, self.path, self.summary = replacer, path, summary
         self.written_releases = -1
+        self.contents: dict | None = None  # the ledger last written (None: the method keeps none)
         self.update()
 
     def update(self) -> None:
@@ -253,7 +254,8 @@ class RunLedger:
         self.written_releases = self.replacer.releases
         ledger = self.replacer.ledger()
         if ledger is not None:
-            self.summary.ledger = str(write_ledger({**ledger, "finished": finished}, self.path))
+            self.contents = {**ledger, "finished": finished}
+            self.summary.ledger = str(write_ledger(self.contents, self.path))
 
 
 def _remove_outputs(output_path: Path, summary: RunSummary) -> None:

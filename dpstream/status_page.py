@@ -56,7 +56,7 @@ def _percentile_ms(values: list[float], q: float) -> float | None:
 
 
 def privacy_figures(ledger: dict | None) -> dict:
-    """What the page shows of a replacer's ledger (``Replacer.ledger()``): person records and the
+    """What the page shows of a run's ledger (``RunLedger.contents``): person records and the
     worst-case (ε, δ) one real person has spent; None for methods without such a figure."""
     ledger = ledger or {}
     worst = ledger.get("worst_case") or {}

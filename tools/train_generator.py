@@ -72,7 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dpstream.face_model import FaceModel  # noqa: E402
 from dpstream.face_model.manifest import DEFAULT_MANIFEST  # noqa: E402
 from tools.prepare_lfw import RUNS_DIR  # noqa: E402
-from tools.train_refiner import DATA_PATH, SIZE, Refiner, build_data, gradients, linear_decoder, loss_weight  # noqa: E402
+from tools.train_refiner import (  # noqa: E402
+    DATA_PATH, SIZE, Refiner, build_data, gradients, linear_decoder, load_checkpoint, loss_weight, save_checkpoint,
+)
 
 RUN_DIR = RUNS_DIR / "generator"
 ASSETS = DEFAULT_MANIFEST.parent
@@ -261,14 +263,9 @@ def main() -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     checkpoint_path = RUN_DIR / "last.pt"
     step, rng = 0, np.random.default_rng(args.seed)
+    parts = {"generator": generator, "critic": critic, "optimizer": optimizer, "critic_optimizer": critic_optimizer}
     if args.resume or args.export_only:
-        state = torch.load(checkpoint_path, weights_only=False)
-        generator.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
-        optimizer.load_state_dict(state["optimizer"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        step, rng = state["step"], state["rng"]
-        print(f"resumed at step {step}")
+        step, rng = load_checkpoint(checkpoint_path, parts)
     command = (f"python tools/train_generator.py --batch {args.batch} --lr {args.lr} --own-share {args.own_share} "
                f"--gradient-weight {args.gradient_weight} --adversarial-weight {args.adversarial_weight} "
                f"--anchor-weight {args.anchor_weight} --detail-weight {args.detail_weight} --seed {args.seed} "
@@ -286,11 +283,6 @@ def main() -> None:
     inside = torch.from_numpy(template.decoded_weight[..., 0].astype(np.float32))[None, None]  # the decoded face
     kept = torch.from_numpy((template.hull_mask * (1 - template.decoded_weight[..., 0])).astype(np.float32))[None, None]
     print(f"{len(batches)} train faces; start step {step}; {time.time() - started:.0f} s setup")
-
-    def save() -> None:
-        torch.save({"generator": generator.state_dict(), "critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
-                    "critic_optimizer": critic_optimizer.state_dict(), "step": step, "rng": batches.rng,
-                    "args": vars(args)}, checkpoint_path)  # fmt: skip
 
     deadline = time.time() + 60 * args.minutes
     last_checkpoint, running = time.time(), np.zeros(6)
@@ -327,9 +319,9 @@ def main() -> None:
             print(f"step {step} l1 {running[0]:.4f} grad {running[1]:.4f} anchor {running[2]:.4f} detail {running[3]:.4f} "
                   f"adv {running[4]:.3f} critic {running[5]:.3f} ({time.time() - started:.0f} s)", flush=True)  # fmt: skip
         if time.time() - last_checkpoint > 60 * args.checkpoint_minutes:
-            save()
+            save_checkpoint(checkpoint_path, parts, step, batches.rng, args)
             last_checkpoint = time.time()
-    save()
+    save_checkpoint(checkpoint_path, parts, step, batches.rng, args)
     export(generator, args.out, step, command)
     print(f"trained to step {step} in {time.time() - started:.0f} s")
 

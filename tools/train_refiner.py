@@ -162,6 +162,21 @@ def make_batch(codes, textures, bias, matrix, typical_norm, rng, batch, mix_shar
     return decoded, target
 
 
+def save_checkpoint(path: Path, parts: dict, step: int, rng: np.random.Generator, args: argparse.Namespace) -> None:
+    """Everything a run needs to continue: the state of each network and optimizer in ``parts``
+    (by name), the step, the random generator and the run's options."""
+    torch.save({**{name: part.state_dict() for name, part in parts.items()}, "step": step, "rng": rng, "args": vars(args)}, path)
+
+
+def load_checkpoint(path: Path, parts: dict) -> tuple[int, np.random.Generator]:
+    """Restore ``parts`` (as saved by ``save_checkpoint``); the step and random generator."""
+    state = torch.load(path, weights_only=False)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    print(f"resumed at step {state['step']}")
+    return state["step"], state["rng"]
+
+
 def export(refiner: Refiner, path: Path, step: int, command: str) -> None:
     """Write the ONNX file; beside the plain model's ``manifest_plain.yaml``, write
     ``manifest.yaml``: that model with the refiner as its ``refiner`` stage (the default model)."""
@@ -216,14 +231,9 @@ def main() -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     checkpoint_path = RUN_DIR / "last.pt"
     step, rng = 0, np.random.default_rng(args.seed)
+    parts = {"refiner": refiner, "critic": critic, "optimizer": optimizer, "critic_optimizer": critic_optimizer}
     if args.resume or args.export_only:
-        state = torch.load(checkpoint_path, weights_only=False)
-        refiner.load_state_dict(state["refiner"])
-        critic.load_state_dict(state["critic"])
-        optimizer.load_state_dict(state["optimizer"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        step, rng = state["step"], state["rng"]
-        print(f"resumed at step {step}")
+        step, rng = load_checkpoint(checkpoint_path, parts)
     command = (f"python tools/train_refiner.py --batch {args.batch} --lr {args.lr} "
                f"--gradient-weight {args.gradient_weight} --adversarial-weight {args.adversarial_weight} "
                f"--mix-share {args.mix_share} --adversarial-after {args.adversarial_after} --seed {args.seed} "
@@ -241,11 +251,6 @@ def main() -> None:
     weight = loss_weight(model)
     typical_norm = model.manifest.typical_norm
     print(f"{len(codes)} train faces; start step {step}; {time.time() - started:.0f} s setup")
-
-    def save() -> None:
-        torch.save({"refiner": refiner.state_dict(), "critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
-                    "critic_optimizer": critic_optimizer.state_dict(), "step": step, "rng": rng,
-                    "args": vars(args)}, checkpoint_path)  # fmt: skip
 
     deadline = time.time() + 60 * args.minutes
     last_checkpoint, running = time.time(), np.zeros(4)
@@ -278,9 +283,9 @@ def main() -> None:
             print(f"step {step} l1 {running[0]:.4f} grad {running[1]:.4f} adv {running[2]:.3f} "
                   f"critic {running[3]:.3f} ({time.time() - started:.0f} s)", flush=True)  # fmt: skip
         if time.time() - last_checkpoint > 60 * args.checkpoint_minutes:
-            save()
+            save_checkpoint(checkpoint_path, parts, step, rng, args)
             last_checkpoint = time.time()
-    save()
+    save_checkpoint(checkpoint_path, parts, step, rng, args)
     export(refiner, args.out, step, command)
     print(f"trained to step {step} in {time.time() - started:.0f} s")
 
